@@ -1,0 +1,1 @@
+"""Labelled frames, the paper's sampling protocol, splits and importers."""
