@@ -6,14 +6,14 @@ positions fractional inside :class:`Crystals`.
 """
 
 from crystal_search.crystals import (
-    ATOM_BUCKETS,
-    Crystals,
-    bucket_size,
-    from_atoms,
-    from_structures,
-    read_structures,
-    to_atoms,
-    to_structures,
+  ATOM_BUCKETS,
+  Crystals,
+  bucket_size,
+  from_atoms,
+  from_structures,
+  read_structures,
+  to_atoms,
+  to_structures,
 )
 from crystal_search.errors import InputError
 from crystal_search.force_fields.base import EnergyForceField, ForceField, ForceFieldOutput
@@ -21,16 +21,16 @@ from crystal_search.force_fields.base import EnergyForceField, ForceField, Force
 __version__ = "0.1.0"
 
 __all__ = [
-    "ATOM_BUCKETS",
-    "Crystals",
-    "EnergyForceField",
-    "ForceField",
-    "ForceFieldOutput",
-    "InputError",
-    "bucket_size",
-    "from_atoms",
-    "from_structures",
-    "read_structures",
-    "to_atoms",
-    "to_structures",
+  "ATOM_BUCKETS",
+  "Crystals",
+  "EnergyForceField",
+  "ForceField",
+  "ForceFieldOutput",
+  "InputError",
+  "bucket_size",
+  "from_atoms",
+  "from_structures",
+  "read_structures",
+  "to_atoms",
+  "to_structures",
 ]

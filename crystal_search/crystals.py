@@ -75,11 +75,11 @@ def bucket_size(n_atoms: int, buckets: Sequence[int] = ATOM_BUCKETS) -> int:
 
 
 def from_structures(
-    structures: Sequence[Structure],
-    *,
-    max_atoms: int | None = None,
-    batch_size: int | None = None,
-    dtype: np.dtype = np.float32,
+  structures: Sequence[Structure],
+  *,
+  max_atoms: int | None = None,
+  batch_size: int | None = None,
+  dtype: np.dtype = np.float32,
 ) -> Crystals:
   """Pack pymatgen structures into one padded :class:`Crystals` batch (numpy arrays).
 
@@ -150,11 +150,11 @@ def pad_batch(crystals: Crystals, batch_size: int) -> Crystals:
   n = crystals.max_atoms
   xp = jnp if isinstance(crystals.positions, jax.Array) else np
   pad = Crystals(
-      positions=xp.zeros((extra, n, 3), crystals.positions.dtype),
-      lattice=xp.tile(xp.eye(3, dtype=crystals.lattice.dtype) * 10.0, (extra, 1, 1)),
-      atomic_numbers=xp.zeros((extra, n), crystals.atomic_numbers.dtype),
-      mask=xp.zeros((extra, n), bool),
-      n_atoms=xp.zeros((extra,), crystals.n_atoms.dtype),
+    positions=xp.zeros((extra, n, 3), crystals.positions.dtype),
+    lattice=xp.tile(xp.eye(3, dtype=crystals.lattice.dtype) * 10.0, (extra, 1, 1)),
+    atomic_numbers=xp.zeros((extra, n), crystals.atomic_numbers.dtype),
+    mask=xp.zeros((extra, n), bool),
+    n_atoms=xp.zeros((extra,), crystals.n_atoms.dtype),
   )
   return jax.tree_util.tree_map(lambda a, b: xp.concatenate([a, b], axis=0), crystals, pad)
 
@@ -178,12 +178,12 @@ def to_atoms(crystals: Crystals) -> list:
 
 
 def validate_structure(
-    structure: Structure,
-    *,
-    name: str = "structure",
-    min_distance: float = DEFAULT_MIN_DISTANCE,
-    max_atoms: int = DEFAULT_MAX_ATOMS,
-    allowed_elements: Iterable[str] | None = None,
+  structure: Structure,
+  *,
+  name: str = "structure",
+  min_distance: float = DEFAULT_MIN_DISTANCE,
+  max_atoms: int = DEFAULT_MAX_ATOMS,
+  allowed_elements: Iterable[str] | None = None,
 ) -> Structure:
   """Check a structure for the problems that break a relaxation; raise :class:`InputError`.
 
@@ -210,7 +210,7 @@ def validate_structure(
     unknown = sorted({sp.symbol for sp in structure.species} - allowed)
     if unknown:
       raise InputError(
-          f"{name}: element(s) {', '.join(unknown)} not supported (known: {', '.join(sorted(allowed))})"
+        f"{name}: element(s) {', '.join(unknown)} not supported (known: {', '.join(sorted(allowed))})"
       )
   if n > 1 or min(structure.lattice.abc) < min_distance:
     dmat = structure.distance_matrix
@@ -219,7 +219,7 @@ def validate_structure(
     closest = min(closest, min(structure.lattice.abc))
     if closest < min_distance:
       raise InputError(
-          f"{name}: atoms overlap ({closest:.3f} Å apart, minimum allowed {min_distance} Å)"
+        f"{name}: atoms overlap ({closest:.3f} Å apart, minimum allowed {min_distance} Å)"
       )
   return structure
 
@@ -247,10 +247,10 @@ def _read_one(path: str) -> list[Structure]:
 
 
 def read_structures(
-    path: str,
-    *,
-    validate: bool = True,
-    **validate_kwargs,
+  path: str,
+  *,
+  validate: bool = True,
+  **validate_kwargs,
 ) -> list[Structure]:
   """Read all structures from one CIF, POSCAR/CONTCAR/.vasp, extxyz or pymatgen-JSON file.
 

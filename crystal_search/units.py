@@ -37,12 +37,12 @@ def voigt_to_matrix(voigt: np.ndarray) -> np.ndarray:
   voigt = np.asarray(voigt)
   xx, yy, zz, yz, xz, xy = (voigt[..., k] for k in range(6))
   return np.stack(
-      [
-          np.stack([xx, xy, xz], axis=-1),
-          np.stack([xy, yy, yz], axis=-1),
-          np.stack([xz, yz, zz], axis=-1),
-      ],
-      axis=-2,
+    [
+      np.stack([xx, xy, xz], axis=-1),
+      np.stack([xy, yy, yz], axis=-1),
+      np.stack([xz, yz, zz], axis=-1),
+    ],
+    axis=-2,
   )
 
 

@@ -72,25 +72,25 @@ class Frames:
     indices = np.asarray(indices, dtype=np.int64)
     off = self.offsets
     atom_idx = (
-        np.concatenate([np.arange(off[i], off[i + 1]) for i in indices])
-        if len(indices)
-        else np.zeros((0,), np.int64)
+      np.concatenate([np.arange(off[i], off[i + 1]) for i in indices])
+      if len(indices)
+      else np.zeros((0,), np.int64)
     )
     per_atom = {k: getattr(self, k)[atom_idx] for k in _PER_ATOM}
     per_frame = {k: getattr(self, k)[indices] for k in _PER_FRAME}
     return Frames(
-        **per_atom,
-        **per_frame,
-        trajectory_names=list(self.trajectory_names),
-        metadata=dict(self.metadata),
+      **per_atom,
+      **per_frame,
+      trajectory_names=list(self.trajectory_names),
+      metadata=dict(self.metadata),
     )
 
   def to_batch(
-      self,
-      indices: Sequence[int] | np.ndarray,
-      *,
-      max_atoms: int | None = None,
-      batch_size: int | None = None,
+    self,
+    indices: Sequence[int] | np.ndarray,
+    *,
+    max_atoms: int | None = None,
+    batch_size: int | None = None,
   ) -> tuple[Crystals, np.ndarray, np.ndarray]:
     """Pack frames into a padded batch.
 
@@ -175,38 +175,38 @@ def concatenate(parts: Sequence[Frames]) -> Frames:
 
 
 def from_arrays(
-    frames: Sequence[dict],
-    *,
-    trajectory_names: Sequence[str] = (),
-    metadata: dict | None = None,
+  frames: Sequence[dict],
+  *,
+  trajectory_names: Sequence[str] = (),
+  metadata: dict | None = None,
 ) -> Frames:
   """Build a set from per-frame dicts with keys ``numbers [n]``, ``positions [n,3]`` (fractional),
   ``forces [n,3]`` (eV/Å), ``lattice [3,3]`` (Å), ``stress [3,3]`` (kBar, project sign),
   ``energy`` (eV or NaN), ``trajectory`` (int), ``step`` (int)."""
   if not frames:
     return Frames(
-        numbers=np.zeros((0,), np.int32),
-        positions=np.zeros((0, 3), np.float64),
-        forces=np.zeros((0, 3), np.float64),
-        lattice=np.zeros((0, 3, 3), np.float64),
-        stress=np.zeros((0, 3, 3), np.float64),
-        energy=np.zeros((0,), np.float64),
-        n_atoms=np.zeros((0,), np.int32),
-        trajectory=np.zeros((0,), np.int32),
-        step=np.zeros((0,), np.int32),
-        trajectory_names=list(trajectory_names),
-        metadata=dict(metadata or {}),
-    )
-  return Frames(
-      numbers=np.concatenate([np.asarray(f["numbers"], np.int32) for f in frames]),
-      positions=np.concatenate([np.asarray(f["positions"], np.float64) for f in frames]),
-      forces=np.concatenate([np.asarray(f["forces"], np.float64) for f in frames]),
-      lattice=np.stack([np.asarray(f["lattice"], np.float64) for f in frames]),
-      stress=np.stack([np.asarray(f["stress"], np.float64) for f in frames]),
-      energy=np.asarray([float(f.get("energy", np.nan)) for f in frames], np.float64),
-      n_atoms=np.asarray([len(f["numbers"]) for f in frames], np.int32),
-      trajectory=np.asarray([int(f.get("trajectory", 0)) for f in frames], np.int32),
-      step=np.asarray([int(f.get("step", 0)) for f in frames], np.int32),
+      numbers=np.zeros((0,), np.int32),
+      positions=np.zeros((0, 3), np.float64),
+      forces=np.zeros((0, 3), np.float64),
+      lattice=np.zeros((0, 3, 3), np.float64),
+      stress=np.zeros((0, 3, 3), np.float64),
+      energy=np.zeros((0,), np.float64),
+      n_atoms=np.zeros((0,), np.int32),
+      trajectory=np.zeros((0,), np.int32),
+      step=np.zeros((0,), np.int32),
       trajectory_names=list(trajectory_names),
       metadata=dict(metadata or {}),
+    )
+  return Frames(
+    numbers=np.concatenate([np.asarray(f["numbers"], np.int32) for f in frames]),
+    positions=np.concatenate([np.asarray(f["positions"], np.float64) for f in frames]),
+    forces=np.concatenate([np.asarray(f["forces"], np.float64) for f in frames]),
+    lattice=np.stack([np.asarray(f["lattice"], np.float64) for f in frames]),
+    stress=np.stack([np.asarray(f["stress"], np.float64) for f in frames]),
+    energy=np.asarray([float(f.get("energy", np.nan)) for f in frames], np.float64),
+    n_atoms=np.asarray([len(f["numbers"]) for f in frames], np.int32),
+    trajectory=np.asarray([int(f.get("trajectory", 0)) for f in frames], np.int32),
+    step=np.asarray([int(f.get("step", 0)) for f in frames], np.int32),
+    trajectory_names=list(trajectory_names),
+    metadata=dict(metadata or {}),
   )

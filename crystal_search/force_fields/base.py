@@ -68,7 +68,7 @@ class ForceField(Protocol):
 
 
 def cartesian_gradients(
-    energy_fn: Callable[[Crystals], jax.Array], crystals: Crystals
+  energy_fn: Callable[[Crystals], jax.Array], crystals: Crystals
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Energy, forces and stress of a differentiable energy function, by autodiff.
 
@@ -94,7 +94,7 @@ def cartesian_gradients(
   cart = crystals.cartesian()
   strain = jnp.zeros_like(crystals.lattice)
   (_, energy), (d_cart, d_strain) = jax.value_and_grad(total_energy, argnums=(0, 1), has_aux=True)(
-      cart, strain
+    cart, strain
   )
   volume = jnp.abs(crystals.volume())
   forces = -d_cart * crystals.mask[..., None]
