@@ -1,0 +1,33 @@
+"""What every binary shares: one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+from crystal_search.errors import InputError
+
+
+def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
+  """``absl.app.run`` that turns :class:`InputError` (and flag errors) into one line on stderr.
+
+  Exit codes: 0 success, 1 bad input, 130 interrupted.
+  """
+
+  def wrapped(args: list[str]) -> None:
+    try:
+      main(args)
+    except InputError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    except KeyboardInterrupt:
+      print("error: interrupted", file=sys.stderr)
+      sys.exit(130)
+
+  try:
+    app.run(wrapped, argv=argv)
+  except flags.Error as e:  # pragma: no cover - absl prints flag errors itself.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
