@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 
 import jax
@@ -270,7 +271,9 @@ def read_structures(
   if b"\x00" in head:
     raise InputError(f"{path}: binary file, expected CIF, POSCAR, extxyz or JSON text")
   try:
-    structures = _read_one(path)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # parser warnings become the one-line error below
+      structures = _read_one(path)
   except InputError:
     raise
   except Exception as e:  # noqa: BLE001 - parsers raise many types; report them in one line.
