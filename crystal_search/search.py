@@ -1,0 +1,385 @@
+"""The search pipeline: composition → random structures → batched relaxation → dedupe → rank → report.
+
+Stages (each timed; wall seconds per stage go into the report):
+
+1. ``generate``: AIRSS-style random structures (:mod:`crystal_search.random_structures`);
+2. ``relax``: batched relaxation with a force field (:func:`crystal_search.relax.relax_structures`),
+   in chunks so that an interrupted run keeps what finished;
+3. failed relaxations are dropped and counted by reason;
+4. ``energy``: energy per atom (eV/atom) of every relaxed structure, from the energy model shipped
+   with the package or from the force field when it gives energies;
+5. ``dedupe``: identical results grouped with StructureMatcher, pre-binned by composition, space
+   group and energy window (:mod:`crystal_search.dedupe`); the lowest-energy member represents a group;
+6. ``rescore`` (optional): the top K re-relaxed and re-scored with the teacher (CHGNet);
+7. ``report``: ``summary.json``, ``summary.md``, ``structures/rank_NNN.cif``, ``energy_volume.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import ml_collections
+import numpy as np
+from pymatgen.core import Structure
+
+from crystal_search.errors import InputError
+
+#: Free disk space a search needs before it starts (MB).
+MIN_FREE_DISK_MB = 50
+#: Files that mark a directory as holding a search run.
+_RUN_MARKERS = ("summary.json", "summary.md", "structures")
+
+
+def get_search_config() -> ml_collections.ConfigDict:
+  """Default search settings (every value can be overridden from the command line)."""
+  c = ml_collections.ConfigDict()
+  c.composition = "Li15Si4"
+  c.num_structures = 500
+  c.max_atoms = 38
+  c.seed = 0
+  c.fmax = 0.05  # eV/Å, convergence of the model relaxation
+  c.smax = 1.0  # kBar
+  c.max_steps = 600
+  c.chunk_size = 256  # structures relaxed per call (what is kept on Ctrl-C)
+  c.energy_window = 0.01  # eV/atom: structures further apart in energy are never compared
+  c.symprec = 0.1  # Å, spglib tolerance for space groups in the report and binning
+  c.rescore_top_k = 0
+  c.write_trajectories = False
+  return c
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+  """One-line :class:`InputError` for impossible values."""
+  if int(c.num_structures) <= 0:
+    raise InputError(f"num_structures must be positive, got {c.num_structures}")
+  if int(c.max_atoms) <= 0:
+    raise InputError(f"max_atoms must be positive, got {c.max_atoms}")
+  if float(c.fmax) <= 0:
+    raise InputError(f"fmax must be positive (eV/Å), got {c.fmax}")
+  if int(c.max_steps) <= 0:
+    raise InputError(f"max_steps must be positive, got {c.max_steps}")
+  if int(c.rescore_top_k) < 0:
+    raise InputError(f"rescore_top_k must be >= 0, got {c.rescore_top_k}")
+  if float(c.energy_window) < 0:
+    raise InputError(f"energy_window must be >= 0 eV/atom, got {c.energy_window}")
+
+
+def prepare_output_dir(path: str, *, overwrite: bool) -> None:
+  """Create ``path``; refuse one that holds another run unless ``overwrite``; check free disk."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise InputError(f"{path}: exists and is not a directory")
+  if os.path.isdir(path):
+    held = [m for m in _RUN_MARKERS if os.path.exists(os.path.join(path, m))]
+    if held and not overwrite:
+      raise InputError(f"{path}: holds another run ({held[0]}); pass --overwrite to replace it")
+    if held:
+      for m in held:
+        p = os.path.join(path, m)
+        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+  os.makedirs(path, exist_ok=True)
+  free_mb = shutil.disk_usage(path).free / 2**20
+  if free_mb < MIN_FREE_DISK_MB:
+    raise InputError(f"{path}: only {free_mb:.0f} MB free disk, need {MIN_FREE_DISK_MB} MB")
+
+
+@dataclasses.dataclass
+class Candidate:
+  """One relaxed structure of the search."""
+
+  index: int  # position in the generated list
+  structure: Structure
+  energy_per_atom: float  # eV/atom
+  converged: bool
+  steps: int
+
+
+@dataclasses.dataclass
+class SearchResult:
+  """Everything the report is made of (also returned to Python callers)."""
+
+  rows: list[dict]
+  totals: dict
+  candidates: list[Candidate]
+  groups: list[list[int]]
+
+
+def _space_group(structure: Structure, symprec: float) -> str:
+  from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+  try:
+    sga = SpacegroupAnalyzer(structure, symprec=symprec)
+    return f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
+  except Exception:  # noqa: BLE001 - spglib fails on some distorted cells
+    return "P1 (1)"
+
+
+def run_search(
+  config: ml_collections.ConfigDict,
+  *,
+  force_field,
+  output_dir: str,
+  energy_fn: Callable[[Sequence[Structure]], np.ndarray] | None = None,
+  teacher=None,
+  overwrite: bool = False,
+  progress: bool = True,
+) -> SearchResult:
+  """Run a search and write its report into ``output_dir``.
+
+  Args:
+    config: see :func:`get_search_config`.
+    force_field: any :class:`~crystal_search.force_fields.base.ForceField` used to relax.
+    output_dir: where the report goes (created; refused if it holds another run).
+    energy_fn: structures → energies per atom (eV/atom) used for ranking; default: the
+      energies the force field reports during relaxation (must then be finite).
+    teacher: a force field for the optional re-relaxation of the top ``rescore_top_k``.
+    overwrite: replace a previous run in ``output_dir``.
+    progress: show progress bars.
+  """
+  from crystal_search import compositions, dedupe, metrics, random_structures, relax
+
+  validate_config(config)
+  composition = compositions.parse_composition(
+    config.composition, allowed_elements=force_field.elements
+  )
+  prepare_output_dir(output_dir, overwrite=overwrite)
+  wall: dict[str, float] = {}
+  interrupted = False
+
+  t0 = time.perf_counter()
+  structures = random_structures.generate(
+    composition,
+    int(config.num_structures),
+    seed=int(config.seed),
+    max_atoms=int(config.max_atoms),
+    progress=progress,
+  )
+  wall["generate"] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  results: list = []
+  relax_kwargs = dict(
+    fmax=float(config.fmax), smax=float(config.smax), max_steps=int(config.max_steps)
+  )
+  trajectory_every = 1 if config.write_trajectories else 0
+  try:
+    for start in range(0, len(structures), int(config.chunk_size)):
+      chunk = structures[start : start + int(config.chunk_size)]
+      results.extend(
+        relax.relax_structures(
+          chunk,
+          force_field,
+          trajectory_every=trajectory_every,
+          progress=progress,
+          **relax_kwargs,
+        )
+      )
+  except KeyboardInterrupt:
+    interrupted = True
+  wall["relax"] = time.perf_counter() - t0
+
+  failures = Counter(r.failure_reason or "unknown" for r in results if r.failed)
+  ok = [(i, r) for i, r in enumerate(results) if not r.failed]
+
+  t0 = time.perf_counter()
+  finals = [r.final for _, r in ok]
+  if energy_fn is not None and finals:
+    e_atom = np.asarray(energy_fn(finals), np.float64)
+  else:
+    e_atom = np.asarray([r.energy / len(r.final) for _, r in ok], np.float64)
+  if finals and not np.all(np.isfinite(e_atom)):
+    bad = int(np.sum(~np.isfinite(e_atom)))
+    raise InputError(f"{bad} relaxed structures have no finite energy; pass an energy model")
+  candidates = [
+    Candidate(i, r.final, float(e), bool(r.converged), int(r.steps))
+    for (i, r), e in zip(ok, e_atom, strict=True)
+  ]
+  wall["energy"] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  groups = dedupe.group_structures(
+    [c.structure for c in candidates],
+    [c.energy_per_atom for c in candidates],
+    energy_window=float(config.energy_window),
+    symprec=float(config.symprec),
+  )
+  groups = sorted(groups, key=lambda g: candidates[g[0]].energy_per_atom)
+  wall["dedupe"] = time.perf_counter() - t0
+
+  rescored: dict[int, float] = {}
+  if teacher is not None and int(config.rescore_top_k) > 0 and groups:
+    t0 = time.perf_counter()
+    top = [candidates[g[0]] for g in groups[: int(config.rescore_top_k)]]
+    again = relax.relax_structures(
+      [c.structure for c in top], teacher, progress=progress, **relax_kwargs
+    )
+    for g, r in zip(groups, again, strict=False):
+      if not r.failed:
+        rescored[g[0]] = r.energy / len(r.final)
+    wall["rescore"] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  references = metrics.load_reference_phases()
+  best = candidates[groups[0][0]].energy_per_atom if groups else float("nan")
+  os.makedirs(os.path.join(output_dir, "structures"), exist_ok=True)
+  rows = []
+  for rank, g in enumerate(groups, start=1):
+    c = candidates[g[0]]
+    cif = os.path.join("structures", f"rank_{rank:03d}.cif")
+    c.structure.to(filename=os.path.join(output_dir, cif))
+    row = {
+      "rank": rank,
+      "formula": c.structure.composition.reduced_formula,
+      "formula_cell": c.structure.composition.formula.replace(" ", ""),
+      "energy_per_atom": c.energy_per_atom,
+      "delta_energy_per_atom": c.energy_per_atom - best,
+      "volume_per_atom": c.structure.volume / len(c.structure),
+      "space_group": _space_group(c.structure, float(config.symprec)),
+      "count": len(g),
+      "known_phase": metrics.known_phase(c.structure, references),
+      "converged": c.converged,
+      "cif": cif,
+    }
+    if g[0] in rescored:
+      row["teacher_energy_per_atom"] = rescored[g[0]]
+    rows.append(row)
+  wall["report"] = time.perf_counter() - t0
+  totals = {
+    "generated": len(structures),
+    "relaxed": len(results),
+    "converged": int(sum(r.converged and not r.failed for r in results)),
+    "failed": int(sum(r.failed for r in results)),
+    "failure_reasons": dict(failures),
+    "unique": len(groups),
+    "interrupted": interrupted,
+    "wall_time_s": dict(wall, total=sum(wall.values())),
+    "force_field": getattr(force_field, "name", type(force_field).__name__),
+    "composition": config.composition,
+    "seed": int(config.seed),
+  }
+  result = SearchResult(rows=rows, totals=totals, candidates=candidates, groups=groups)
+  write_report(result, output_dir)
+  return result
+
+
+def write_report(result: SearchResult, output_dir: str) -> None:
+  """``summary.json``, ``summary.md`` and ``energy_volume.png`` (AIRSS ``cryan``-style table)."""
+  summary = {"structures": result.rows, "totals": result.totals}
+  tmp = os.path.join(output_dir, "summary.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(summary, f, indent=2)
+  os.replace(tmp, os.path.join(output_dir, "summary.json"))
+
+  t = result.totals
+  lines = [
+    f"# Search: {t['composition']} ({t['force_field']}, seed {t['seed']})",
+    "",
+  ]
+  if t["interrupted"]:
+    lines += ["**Run cut short (interrupted): the table holds what finished.**", ""]
+  reasons = ", ".join(f"{k}: {v}" for k, v in sorted(t["failure_reasons"].items())) or "none"
+  lines += [
+    f"Generated {t['generated']}, relaxed {t['relaxed']}, converged {t['converged']}, "
+    f"failed {t['failed']} ({reasons}); {t['unique']} unique structures.",
+    "",
+    "Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t["wall_time_s"].items()),
+    "",
+    "| rank | formula | E (eV/atom) | ΔE (eV/atom) | V (Å³/atom) | space group | count | known phase |",
+    "|---:|---|---:|---:|---:|---|---:|---|",
+  ]
+  for r in result.rows:
+    lines.append(
+      f"| {r['rank']} | {r['formula_cell']} | {r['energy_per_atom']:.4f} | "
+      f"{r['delta_energy_per_atom']:.4f} | {r['volume_per_atom']:.2f} | {r['space_group']} | "
+      f"{r['count']} | {r['known_phase'] or ''} |"
+    )
+  with open(os.path.join(output_dir, "summary.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  plot_energy_volume(result, os.path.join(output_dir, "energy_volume.png"))
+
+
+def plot_energy_volume(result: SearchResult, path: str) -> None:
+  """Energy per atom against volume per atom: all relaxed structures, unique ones marked."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  if result.candidates:
+    v = [c.structure.volume / len(c.structure) for c in result.candidates]
+    e = [c.energy_per_atom for c in result.candidates]
+    ax.scatter(v, e, s=8, c="0.6", label="relaxed")
+    reps = [result.candidates[g[0]] for g in result.groups]
+    ax.scatter(
+      [c.structure.volume / len(c.structure) for c in reps],
+      [c.energy_per_atom for c in reps],
+      s=30,
+      facecolors="none",
+      edgecolors="C0",
+      label="unique",
+    )
+    for row, c in zip(result.rows, reps, strict=True):
+      if row["known_phase"]:
+        x, y = c.structure.volume / len(c.structure), c.energy_per_atom
+        ax.scatter([x], [y], s=60, marker="*", c="C3")
+        ax.annotate(row["known_phase"], (x, y), textcoords="offset points", xytext=(5, 5))
+  ax.set_xlabel("volume per atom (Å³)")
+  ax.set_ylabel("energy per atom (eV)")
+  ax.set_title(f"{result.totals['composition']}: {result.totals['unique']} unique")
+  ax.legend(loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+#: Where the pretrained models ship inside the package.
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+
+
+def load_force_field(
+  kind: str, *, model: str | None = None, energy_model: str | None = None
+) -> tuple[object, Callable[[Sequence[Structure]], np.ndarray] | None]:
+  """The force field that relaxes, and the energy function that ranks.
+
+  Args:
+    kind: ``model`` (our force/stress network; default the shipped one), ``chgnet`` (the
+      teacher) or ``meam`` (the 2NN MEAM baseline).
+    model: force/stress model directory for ``kind='model'``.
+    energy_model: energy model directory for ranking (default the shipped one).
+
+  Returns:
+    ``(force_field, energy_fn)``; ``energy_fn`` is None when the force field's own energies rank.
+  """
+  if kind == "chgnet":
+    from crystal_search.force_fields.chgnet import CHGNetForceField
+
+    return CHGNetForceField(), None
+  if kind == "meam":
+    from crystal_search.force_fields.lammps_meam import MEAMForceField
+
+    return MEAMForceField(), None
+  if kind != "model":
+    raise InputError(f"unknown force field {kind!r} (model, chgnet or meam)")
+  from crystal_search.force_fields import model as model_ff
+
+  path = model or os.path.join(PRETRAINED_DIR, "force_stress")
+  if not os.path.isdir(path):
+    raise InputError(
+      f"{path}: no force/stress model there (pass --model=DIR, or --force_field=chgnet)"
+    )
+  force_field = model_ff.from_directory(path)
+  energy_path = energy_model or os.path.join(PRETRAINED_DIR, "energy")
+  if not os.path.isdir(energy_path):
+    raise InputError(f"{energy_path}: no energy model there to rank with (pass --energy_model=DIR)")
+  energy_ff = model_ff.from_directory(energy_path)
+
+  def energy_fn(structures: Sequence[Structure]) -> np.ndarray:
+    return model_ff.energies_per_atom(energy_ff, structures)
+
+  return force_field, energy_fn
