@@ -1,0 +1,138 @@
+"""Known-phase recovery and speed of the whole search, model against teacher, in one run.
+
+For each composition (default LiSi and Li15Si4), seed and ``num_structures``, run
+:func:`crystal_search.search.run_search` with the shipped model and record whether the known phase
+(bundled reference CIFs) is found and at which rank. The teacher (CHGNet through our relaxer) runs
+the same search on a subset for comparison, and CHGNet + ASE FIRE + FrechetCellFilter relaxes a
+subset one structure at a time (the way its users run it) for the speed ratio.
+
+    python benchmarks/search_recovery.py --out benchmarks/results/search_recovery.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+
+def _machine() -> dict:
+  import jax
+
+  return {
+    "platform": platform.platform(),
+    "processor": platform.processor() or platform.machine(),
+    "cpu_count": os.cpu_count(),
+    "jax": jax.__version__,
+    "devices": [str(d) for d in jax.devices()],
+  }
+
+
+def _search(kind: str, composition: str, n: int, seed: int, max_steps: int) -> dict:
+  from crystal_search import search
+
+  config = search.get_search_config()
+  config.composition = composition
+  config.num_structures = n
+  config.seed = seed
+  config.max_steps = max_steps
+  force_field, energy_fn = search.load_force_field(kind)
+  with tempfile.TemporaryDirectory() as out:
+    t0 = time.perf_counter()
+    result = search.run_search(
+      config, force_field=force_field, energy_fn=energy_fn, output_dir=out, progress=False
+    )
+    wall = time.perf_counter() - t0
+  ranks = [r["rank"] for r in result.rows if r["known_phase"]]
+  return {
+    "force_field": kind,
+    "composition": composition,
+    "num_structures": n,
+    "seed": seed,
+    "found": bool(ranks),
+    "best_rank": min(ranks) if ranks else None,
+    "known_phases": sorted({r["known_phase"] for r in result.rows if r["known_phase"]}),
+    "unique": result.totals["unique"],
+    "converged": result.totals["converged"],
+    "failed": result.totals["failed"],
+    "wall_s": wall,
+    "wall_s_per_structure": wall / max(result.totals["relaxed"], 1),
+  }
+
+
+def _ase_fire_seconds_per_structure(composition: str, n: int, seed: int, fmax: float) -> dict:
+  """CHGNet + ASE FIRE + FrechetCellFilter, one structure at a time."""
+  from ase.filters import FrechetCellFilter
+  from ase.optimize import FIRE
+  from chgnet.model.dynamics import CHGNetCalculator
+  from pymatgen.io.ase import AseAtomsAdaptor
+
+  from crystal_search import compositions, random_structures
+
+  structures = random_structures.generate(
+    compositions.parse_composition(composition), n, seed=seed, max_atoms=38
+  )
+  calc = CHGNetCalculator(use_device="cpu")
+  steps, t0 = [], time.perf_counter()
+  for s in structures:
+    atoms = AseAtomsAdaptor.get_atoms(s)
+    atoms.calc = calc
+    opt = FIRE(FrechetCellFilter(atoms), logfile=None)
+    opt.run(fmax=fmax, steps=1000)
+    steps.append(opt.nsteps)
+  wall = time.perf_counter() - t0
+  return {"structures": n, "wall_s_per_structure": wall / n, "mean_steps": float(np.mean(steps))}
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("--compositions", default="LiSi,Li15Si4")
+  p.add_argument("--num_structures", default="32,128")
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--teacher_num_structures", type=int, default=16)
+  p.add_argument("--fire_structures", type=int, default=4)
+  p.add_argument("--max_steps", type=int, default=600)
+  p.add_argument("--out", default="benchmarks/results/search_recovery.json")
+  args = p.parse_args()
+  comps = args.compositions.split(",")
+  sizes = [int(x) for x in args.num_structures.split(",")]
+  seeds = [int(x) for x in args.seeds.split(",")]
+  runs = []
+  for comp in comps:
+    for n in sizes:
+      for seed in seeds:
+        runs.append(_search("model", comp, n, seed, args.max_steps))
+        print(json.dumps(runs[-1]))
+  teacher = []
+  for comp in comps:
+    teacher.append(_search("chgnet", comp, args.teacher_num_structures, 0, args.max_steps))
+    print(json.dumps(teacher[-1]))
+  fire = _ase_fire_seconds_per_structure(comps[0], args.fire_structures, 0, fmax=0.05)
+  model_per = np.mean([r["wall_s_per_structure"] for r in runs])
+  summary = {
+    "machine": _machine(),
+    "model_runs": runs,
+    "teacher_runs": teacher,
+    "chgnet_ase_fire": fire,
+    "recovery": {
+      f"{c}@{n}": float(
+        np.mean([r["found"] for r in runs if r["composition"] == c and r["num_structures"] == n])
+      )
+      for c in comps
+      for n in sizes
+    },
+    "speed_ratio_model_vs_chgnet_fire_per_structure": fire["wall_s_per_structure"] / model_per,
+  }
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(summary, f, indent=2)
+  print(json.dumps(summary["recovery"]), summary["speed_ratio_model_vs_chgnet_fire_per_structure"])
+
+
+if __name__ == "__main__":
+  main()
