@@ -106,6 +106,15 @@ class GenerationResult:
   failed: list[int]
   attempts: int
 
+  def __len__(self) -> int:
+    return len(self.structures)
+
+  def __iter__(self):
+    return iter(self.structures)
+
+  def __getitem__(self, k):
+    return self.structures[k]
+
   @property
   def failure_rate(self) -> float:
     n = len(self.structures) + len(self.failed)
@@ -425,13 +434,22 @@ def generate(
   config: RandomStructureConfig | None = None,
   indices: Iterable[int] | None = None,
   progress: bool = False,
+  **overrides,
 ) -> GenerationResult:
   """Random structures ``indices`` (default ``range(num)``) of the run ``seed``.
+
+  Keyword ``overrides`` replace fields of ``config`` (e.g. ``max_atoms=24``).  The
+  result is also a sequence of the generated structures.
 
   Raises:
     InputError: on impossible constraints, or when every structure failed.
   """
   config = config or RandomStructureConfig()
+  if overrides:
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+    if unknown:
+      raise TypeError(f"unknown random-structure option(s): {', '.join(unknown)}")
+    config = dataclasses.replace(config, **overrides)
   if isinstance(composition, str):
     composition = parse_composition(composition)
   indices = list(range(num)) if indices is None else list(indices)
