@@ -1,0 +1,234 @@
+"""Dataset protocol (sampling, split, builder) and importers (extxyz, VASP, paper JSON)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from crystal_search.crystals import from_structures
+from crystal_search.datasets import frames as frames_lib
+from crystal_search.datasets import importers, sampling
+from crystal_search.datasets.teacher import morse_force_field
+from crystal_search.errors import InputError
+from crystal_search.units import EV_PER_A3_TO_KBAR
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+def _trajectory(fmax, *, name="t", formula="LiSi", repeat_from=None, seed=0, failed=False):
+  """A synthetic trajectory: one step per entry of ``fmax`` (max force of that step, eV/Å).
+
+  Steps from ``repeat_from`` on repeat the structure of step ``repeat_from``.
+  """
+  rng = np.random.default_rng(seed)
+  base = Structure(Lattice.cubic(6.0), ["Li", "Li", "Si", "Si"], rng.random((4, 3)))
+  records = []
+  frac = base.frac_coords
+  for k, f in enumerate(fmax):
+    if repeat_from is None or k <= repeat_from:
+      frac = (frac + rng.normal(0, 0.06, frac.shape)) % 1.0
+    forces = np.zeros((4, 3))
+    forces[1, 2] = f
+    records.append(
+      {
+        "numbers": base.atomic_numbers,
+        "positions": frac,
+        "forces": forces,
+        "lattice": base.lattice.matrix,
+        "stress": np.eye(3) * k,
+        "energy": -k,
+        "trajectory": 0,
+        "step": k,
+      }
+    )
+  meta = {"formula": formula, "failed": failed, "converged": not failed, "name": name}
+  return frames_lib.from_arrays(records, trajectory_names=[name], metadata=meta)
+
+
+def test_max_forces_and_prefix():
+  t = _trajectory([2.0, 1.0, 0.5, 0.08, 0.3, 0.05])
+  np.testing.assert_allclose(sampling.max_forces(t), [2.0, 1.0, 0.5, 0.08, 0.3, 0.05])
+  np.testing.assert_array_equal(sampling.trajectory_prefix(t, 0.1), [0, 1, 2, 3])
+  never = _trajectory([1.0, 0.9])
+  np.testing.assert_array_equal(sampling.trajectory_prefix(never, 0.1), [0, 1])
+
+
+def test_sampling_high_force_stride_and_no_repeats():
+  fmax = [1.0] * 23 + [0.05] * 10
+  t = _trajectory(fmax)
+  kept = sampling.sample_training_frames(t)
+  np.testing.assert_array_equal(kept, [0, 5, 10, 15, 20])  # one in five, high force only
+  # Frames that repeat the previous kept structure are dropped.
+  r = _trajectory([1.0] * 23, repeat_from=3)
+  kept = sampling.sample_training_frames(r)
+  assert list(kept) == [0, 5]  # 5 differs from 0 (moved until step 3); 10, 15, 20 repeat 5
+  # No frame at or below the threshold.
+  low = _trajectory([0.1, 0.09, 0.2], seed=3)
+  assert list(sampling.sample_training_frames(low)) == [2]
+
+
+def test_split_is_stable_and_close_to_fractions():
+  names = [f"LiSi_0_{i:05d}" for i in range(3000)]
+  splits = [sampling.split_of(n, seed=0) for n in names]
+  counts = {s: splits.count(s) / len(names) for s in sampling.SPLITS}
+  assert abs(counts["train"] - 0.8) < 0.03 and abs(counts["val"] - 0.1) < 0.02
+  assert splits == [sampling.split_of(n, seed=0) for n in names]
+  assert splits != [sampling.split_of(n, seed=1) for n in names]
+  with pytest.raises(InputError):
+    sampling.split_of("x", seed=0, fractions=(0, 0, 0))
+
+
+def test_build_dataset_writes_all_sets(tmp_path):
+  teacher_dir = tmp_path / "teacher"
+  paths = []
+  for i in range(12):
+    formula = "Li15Si4" if i % 4 == 0 else "LiSi"
+    t = _trajectory([1.0] * 12 + [0.05] * 3, name=f"{formula}_0_{i:05d}", formula=formula, seed=i)
+    p = str(teacher_dir / formula / f"{formula}_0_{i:05d}.npz")
+    t.save(p)
+    paths.append(p)
+  bad = _trajectory([np.nan] * 3, name="LiSi_0_99999", failed=True)
+  bad.save(str(teacher_dir / "LiSi" / "LiSi_0_99999.npz"))
+  paths.append(str(teacher_dir / "LiSi" / "LiSi_0_99999.npz"))
+  out = str(tmp_path / "dataset")
+  manifest = sampling.build_dataset(sorted(paths), out, source="test")
+  for key in ("train", "val", "test", "test_trajectories", "holdout", "holdout_trajectories"):
+    assert os.path.exists(os.path.join(out, f"{key}.npz"))
+  with open(os.path.join(out, "manifest.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(manifest))
+  per = manifest["per_stoichiometry"]
+  assert per["Li15Si4"]["trajectories_holdout"] == 3 and per["Li15Si4"]["frames_train"] == 0
+  assert per["Li15Si4"]["frames_holdout"] == 3 * 3  # steps 0, 5, 10 of each
+  assert per["LiSi"]["relaxations"] == 10 and per["LiSi"]["failed"] == 1
+  n_traj = sum(per["LiSi"][f"trajectories_{s}"] for s in sampling.SPLITS)
+  assert n_traj == 9
+  train = frames_lib.load(os.path.join(out, "train.npz"))
+  assert len(train) == per["LiSi"]["frames_train"]
+  assert np.all(sampling.max_forces(train) > 0.1)
+  assert not any("99999" in n for n in train.trajectory_names)
+  holdout_traj = frames_lib.load(os.path.join(out, "holdout_trajectories.npz"))
+  assert len(holdout_traj) == 3 * 13  # 12 high-force steps + the first low-force one
+  # Every trajectory is in exactly one split.
+  seen = {}
+  for key in ("train", "val", "test", "holdout"):
+    f = frames_lib.load(os.path.join(out, f"{key}.npz"))
+    for name in set(f.trajectory_names[t] for t in f.trajectory):
+      assert name not in seen, (name, key, seen.get(name))
+      seen[name] = key
+
+
+def test_extxyz_round_trip_uses_ase_units_and_sign(tmp_path):
+  import ase.io
+
+  t = _trajectory([1.0, 0.5])
+  t.stress = np.stack([np.diag([10.0, -5.0, 2.0]), np.eye(3) * 3.0])
+  path = str(tmp_path / "t.extxyz")
+  importers.write_extxyz(t, path)
+  atoms = ase.io.read(path, index=":")
+  # ASE: eV/Å^3, tensile positive, Voigt.
+  np.testing.assert_allclose(
+    atoms[0].get_stress()[:3], np.array([10.0, -5.0, 2.0]) / EV_PER_A3_TO_KBAR
+  )
+  np.testing.assert_allclose(atoms[1].get_forces(), t.forces[4:8])
+  back = importers.read_extxyz(path)
+  np.testing.assert_allclose(back.stress, t.stress, atol=1e-9)
+  np.testing.assert_allclose(back.forces, t.forces)
+  np.testing.assert_allclose(back.energy, t.energy)
+  np.testing.assert_allclose(back.lattice, t.lattice)
+
+
+def test_extxyz_stress_sign_against_an_ase_calculator(tmp_path):
+  """An ASE calculator's own stress, exported and imported, keeps the physical sign."""
+  import ase.io
+  from ase.build import bulk
+  from ase.calculators.lj import LennardJones
+
+  atoms = bulk("Ar", "fcc", a=4.6) * (2, 1, 1)
+  atoms.calc = LennardJones(sigma=3.4, epsilon=0.01, rc=7.0)
+  atoms.set_cell(atoms.cell * 0.92, scale_atoms=True)  # compressed: pressure > 0
+  atoms.get_stress()
+  ase.io.write(str(tmp_path / "a.extxyz"), atoms)
+  frames = importers.read_extxyz(str(tmp_path / "a.extxyz"))
+  pressure = -np.trace(frames.stress[0]) / 3
+  assert pressure > 0
+
+
+def test_paper_json_fixture_reads_with_vasp_sign_converted():
+  folder = os.path.join(FIXTURES, "paper_json", "Li15Si4_02")
+  parts = importers.import_folder(folder)
+  assert len(parts) == 2 and all(len(p) == 3 for p in parts)
+  assert parts[0].metadata["formula"] == "Li15Si4"
+  assert parts[0].trajectory_names == ["Li15Si4_02/0000"]
+  assert importers.stoichiometry_of_folder(folder) == "Li15Si4"
+  assert "SYNTHETIC" in importers.read_summary(folder)
+  # Independent check: recompute the (Morse) labels on the imported structures.
+  ff = morse_force_field()
+  frames = parts[1]
+  with open(os.path.join(folder, "data", "0001.json")) as f:
+    raw = json.load(f)
+  for i in range(len(frames)):
+    out = ff(from_structures([frames.structure(i)], dtype=np.float64))
+    n = int(frames.n_atoms[i])
+    np.testing.assert_allclose(frames.stress[i], np.asarray(out.stress[0]), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(frames.stress[i], -np.asarray(raw[i]["stress"]), atol=1e-9)
+    np.testing.assert_allclose(frames.forces[frames.atom_slice(i)], out.forces[0, :n], atol=1e-4)
+    assert frames.energy[i] == pytest.approx(raw[i]["energy"])
+
+
+def test_imported_data_goes_through_the_builder(tmp_path):
+  parts = importers.import_folder(os.path.join(FIXTURES, "paper_json"))
+  written = importers.save_imported(parts, str(tmp_path / "imported"))
+  assert len(written) == 2
+  manifest = sampling.build_dataset(
+    written, str(tmp_path / "ds"), config=sampling.SamplingConfig(holdout=())
+  )
+  row = manifest["per_stoichiometry"]["Li15Si4"]
+  assert row["relaxations"] == 2
+  assert row["frames_train"] + row["frames_val"] + row["frames_test"] >= 1
+
+
+@pytest.mark.parametrize(
+  "content", ["{not json", '{"a": 1}', '[{"structure": {"bad": 1}}]', "[]", "[1, 2]"]
+)
+def test_corrupt_or_foreign_json_is_one_line_error(tmp_path, content):
+  path = tmp_path / "x.json"
+  path.write_text(content)
+  with pytest.raises(InputError) as e:
+    importers.read_paper_json(str(path))
+  assert "\n" not in str(e.value)
+
+
+def test_foreign_xml_is_one_line_error(tmp_path):
+  path = tmp_path / "vasprun.xml"
+  path.write_text("<?xml version='1.0'?><html><body>not vasp</body></html>")
+  with pytest.raises(InputError) as e:
+    importers.read_vasprun(str(path))
+  assert "\n" not in str(e.value)
+  with pytest.raises(InputError):
+    importers.read_vasprun(str(tmp_path / "missing.xml"))
+
+
+VASPRUNS = sorted(glob.glob(os.path.join(FIXTURES, "vasp", "*", "vasprun*.xml*")))
+
+
+@pytest.mark.skipif(not VASPRUNS, reason="no vasprun.xml fixture")
+def test_real_vasprun_relaxation():
+  from pymatgen.io.vasp import Vasprun
+
+  path = VASPRUNS[0]
+  frames = importers.read_vasprun(path)
+  run = Vasprun(path, parse_dos=False, parse_eigen=False, parse_potcar_file=False)
+  assert len(frames) == len(run.ionic_steps) >= 3
+  for k, step in enumerate(run.ionic_steps):
+    np.testing.assert_allclose(frames.stress[k], -np.asarray(step["stress"]))
+    np.testing.assert_allclose(frames.forces[frames.atom_slice(k)], step["forces"])
+    np.testing.assert_allclose(frames.lattice[k], step["structure"].lattice.matrix)
+  # VASP's pressure (positive = compressive) is minus the trace/3 of the project stress:
+  # the external pressure printed in each step's stress block has the sign of VASP's diagonal.
+  first = np.asarray(run.ionic_steps[0]["stress"])
+  assert np.sign(-np.trace(frames.stress[0])) == np.sign(np.trace(first)) or np.trace(first) == 0
