@@ -125,10 +125,26 @@ def test_rotation_covariance_and_batch_of_mixed_sizes(meam):
   alone = meam(crystals_lib.from_structures([li], dtype=np.float64))
   assert float(alone.energy[0]) == pytest.approx(e[1], abs=1e-8)
   np.testing.assert_allclose(np.asarray(alone.forces[0, :2]), f[1, :2], atol=1e-8)
-  # Padding structure: zeros, no overflow.
-  assert e[3] == 0 and np.all(f[3] == 0) and np.all(st[3] == 0)
+  # Padding structure: zero forces and stress, NaN energy (as the CHGNet teacher), no overflow.
+  assert np.isnan(e[3]) and np.all(f[3] == 0) and np.all(st[3] == 0)
   assert not np.any(np.asarray(out.overflow))
   assert out.forces.dtype == np.float64
+
+
+def test_unevaluable_structures_give_nan_and_lammps_recovers(meam):
+  good = Structure(Lattice.cubic(5.0), ["Li", "Si"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+  on_top = Structure(Lattice.cubic(5.0), ["Li", "Si"], [[0, 0, 0], [0, 0, 0]])
+  thin = Structure(Lattice(np.diag([5.0, 5.0, 1e-3])), ["Li", "Si"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+  batch = crystals_lib.from_structures([good, on_top, thin, good], dtype=np.float64)
+  batch.lattice[3, 0, 0] = np.nan
+  out = meam(batch)
+  e, f, st = (np.asarray(x) for x in (out.energy, out.forces, out.stress))
+  assert np.isfinite(e[0]) and np.all(np.isfinite(f[0])) and np.all(np.isfinite(st[0]))
+  for k in (1, 2, 3):
+    assert np.isnan(e[k]) and np.all(np.isnan(f[k, :2])) and np.all(np.isnan(st[k]))
+  # LAMMPS was restarted after its error and still gives the same answer.
+  again = meam(crystals_lib.from_structures([good], dtype=np.float64))
+  assert float(again.energy[0]) == pytest.approx(e[0], abs=1e-10)
 
 
 def test_rejects_unsupported_elements(meam):

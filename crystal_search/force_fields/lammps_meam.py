@@ -111,11 +111,13 @@ class MEAMForceField:
   """The Li–Si 2NN MEAM potential as a host :class:`~crystal_search.force_fields.base.ForceField`.
 
   Each call evaluates the real structures of a :class:`Crystals` batch one by one with LAMMPS
-  (numpy in, numpy out; not jittable).  Outputs, for a batch of ``B`` structures with ``N``
-  slots: ``forces [B, N, 3]`` eV/Å (zero on padding atoms), ``stress [B, 3, 3]`` kBar tensile
-  positive, ``energy [B]`` eV per cell (0 for padding structures), ``overflow [B]`` all False
-  (LAMMPS manages its own neighbour lists).  Arrays take the float dtype of
-  ``crystals.positions``.
+  (numpy in, numpy float64 out; not jittable).  Outputs, for a batch of ``B`` structures with
+  ``N`` slots: ``forces [B, N, 3]`` eV/Å (zero on padding atoms), ``stress [B, 3, 3]`` kBar
+  tensile positive, ``energy [B]`` eV per cell, ``overflow [B]`` all False (LAMMPS manages its
+  own neighbour lists).  As for the CHGNet teacher, padding structures get zero forces and stress
+  and NaN energy, and a structure LAMMPS cannot evaluate (non-finite or degenerate cell, atoms on
+  top of each other, a cell much thinner than the 4.8 Å cutoff) gets NaN everywhere, so that
+  the relaxer marks it failed; the LAMMPS instance is restarted after an error.
 
   Attributes:
     meam_dir: folder with ``library.meam`` and ``LiSi.meam``.
@@ -135,8 +137,17 @@ class MEAMForceField:
       self._calculator = make_meam_calculator(meam_dir=self.meam_dir)
     return self._calculator
 
+  def reset(self) -> None:
+    """Close the LAMMPS instance; the next call starts a fresh one."""
+    if self._calculator is not None:
+      self._calculator.clean()
+      self._calculator = None
+
   def evaluate_atoms(self, atoms) -> tuple[float, np.ndarray, np.ndarray]:
-    """Energy (eV), forces ``[n, 3]`` eV/Å and stress ``[3, 3]`` kBar of one ASE ``Atoms``."""
+    """Energy (eV), forces ``[n, 3]`` eV/Å and stress ``[3, 3]`` kBar of one ASE ``Atoms``.
+
+    Raises whatever LAMMPS raises (see :meth:`__call__` for the NaN-on-failure behaviour).
+    """
     atoms = atoms.copy()
     atoms.calc = self.calculator
     energy = float(atoms.get_potential_energy())
@@ -144,16 +155,30 @@ class MEAMForceField:
     stress = stress_from_ase(atoms.get_stress(voigt=True))
     return energy, forces, stress
 
+  def _evaluate_or_nan(self, frac: np.ndarray, lattice: np.ndarray, numbers: np.ndarray):
+    m = len(numbers)
+    nan = (float("nan"), np.full((m, 3), np.nan), np.full((3, 3), np.nan))
+    finite = np.all(np.isfinite(frac)) and np.all(np.isfinite(lattice))
+    if not finite or abs(np.linalg.det(lattice)) < 1e-6:
+      return nan
+    try:
+      energy, forces, stress = self.evaluate_atoms(_atoms(frac, lattice, numbers))
+    except Exception:  # noqa: BLE001 - LAMMPS raises plain Exception; reported as NaN output.
+      self.reset()
+      return nan
+    if not (np.isfinite(energy) and np.all(np.isfinite(forces)) and np.all(np.isfinite(stress))):
+      return nan
+    return energy, forces, stress
+
   def __call__(self, crystals: Crystals) -> ForceFieldOutput:
     positions = np.asarray(crystals.positions, np.float64)
     lattice = np.asarray(crystals.lattice, np.float64)
     numbers = np.asarray(crystals.atomic_numbers)
     n_atoms = np.asarray(crystals.n_atoms)
-    dtype = np.asarray(crystals.positions).dtype
     b, n = positions.shape[:2]
     forces = np.zeros((b, n, 3), np.float64)
     stress = np.zeros((b, 3, 3), np.float64)
-    energy = np.zeros((b,), np.float64)
+    energy = np.full((b,), np.nan, np.float64)
     allowed = set(_ATOMIC_NUMBERS.values())
     for k in range(b):
       m = int(n_atoms[k])
@@ -163,14 +188,9 @@ class MEAMForceField:
       if not set(z.tolist()) <= allowed:
         bad = sorted(set(z.tolist()) - allowed)
         raise InputError(f"structure {k}: atomic numbers {bad} not supported by the Li–Si MEAM")
-      energy[k], forces[k, :m], stress[k] = self.evaluate_atoms(
-        _atoms(positions[k, :m], lattice[k], z)
-      )
+      energy[k], forces[k, :m], stress[k] = self._evaluate_or_nan(positions[k, :m], lattice[k], z)
     return ForceFieldOutput(
-      forces=forces.astype(dtype),
-      stress=stress.astype(dtype),
-      energy=energy.astype(dtype),
-      overflow=np.zeros((b,), bool),
+      forces=forces, stress=stress, energy=energy, overflow=np.zeros((b,), bool)
     )
 
   def grow(self) -> MEAMForceField:
