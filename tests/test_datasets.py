@@ -232,3 +232,77 @@ def test_real_vasprun_relaxation():
   # the external pressure printed in each step's stress block has the sign of VASP's diagonal.
   first = np.asarray(run.ionic_steps[0]["stress"])
   assert np.sign(-np.trace(frames.stress[0])) == np.sign(np.trace(first)) or np.trace(first) == 0
+
+
+def test_table4_statistics_against_direct_numpy():
+  from crystal_search.datasets import stats
+
+  t = _trajectory([1.0, 0.5, 0.2])
+  t.stress = (
+    np.stack([[[1.0, 2.0, 3.0], [2.0, -4.0, 5.0], [3.0, 5.0, 6.0]]] * 3)
+    * np.arange(1, 4)[:, None, None]
+  )
+  table = stats.table4(t)
+  forces = t.forces.reshape(-1)
+  assert table["force"]["count"] == 3 * 4 * 3
+  assert table["force"]["mean"] == pytest.approx(forces.mean())
+  assert table["force"]["std"] == pytest.approx(forces.std())
+  # six independent components per frame: xx yy zz yz xz xy
+  comps = np.concatenate([np.array([1.0, -4, 6, 5, 3, 2]) * k for k in (1, 2, 3)])
+  assert table["stress"]["count"] == 18
+  assert table["stress"]["mean"] == pytest.approx(comps.mean())
+  assert table["stress"]["min"] == pytest.approx(-12.0)
+  np.testing.assert_allclose(table["max_force"]["max"], 1.0)
+  assert table["max_stress"]["max"] == pytest.approx(18.0)
+  md = stats.table4_markdown(table, title="x")
+  assert "| Force (eV/Å) |" in md
+
+
+def test_teacher_summary_and_stats_binary(tmp_path):
+  import subprocess
+  import sys
+
+  from crystal_search.datasets import stats
+
+  meta = [
+    {"formula": "LiSi", "converged": True, "failed": False, "steps": 10, "wall_seconds": 2.0},
+    {"formula": "LiSi", "converged": False, "failed": True, "steps": 30, "wall_seconds": 4.0},
+    {"formula": "Li2Si", "converged": True, "failed": False, "steps": 5, "wall_seconds": 1.0},
+  ]
+  summary = stats.teacher_summary(meta)
+  assert summary["LiSi"]["relaxations"] == 2 and summary["LiSi"]["failed"] == 1
+  assert summary["LiSi"]["teacher_seconds_per_relaxation"] == pytest.approx(3.0)
+  assert summary["LiSi"]["mean_steps"] == pytest.approx(20.0)
+  # End to end: build a small dataset, run the binary.
+  teacher_dir = tmp_path / "teacher"
+  for i in range(6):
+    t = _trajectory([1.0] * 11, name=f"LiSi_0_{i:05d}", seed=i)
+    t.metadata.update(steps=11, wall_seconds=1.5, n_atoms=4)
+    t.save(str(teacher_dir / "LiSi" / f"LiSi_0_{i:05d}.npz"))
+  paths = sorted(str(p) for p in teacher_dir.glob("*/*.npz"))
+  sampling.build_dataset(paths, str(tmp_path / "ds"))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "data_tools.dataset_stats",
+      f"--teacher_dir={teacher_dir}",
+      f"--dataset_dir={tmp_path / 'ds'}",
+      f"--output_dir={tmp_path / 'stats'}",
+      f"--summary_json={tmp_path / 'stats.json'}",
+    ],
+    cwd=repo,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(tmp_path / "stats.json") as f:
+    data = json.load(f)
+  row = data["per_stoichiometry"]["LiSi"]
+  assert row["relaxations"] == 6 and row["teacher_seconds_per_relaxation"] == pytest.approx(1.5)
+  assert row["frames_train"] + row["frames_val"] + row["frames_test"] == 6 * 3
+  assert (tmp_path / "stats" / "table4.md").exists()
+  assert list((tmp_path / "stats").glob("distribution_*.png"))

@@ -1,0 +1,80 @@
+"""Dataset statistics: Table 4 (markdown + JSON), Figures 1–2 (PNG), per-stoichiometry counts.
+
+  python -m data_tools.dataset_stats --teacher_dir=data/teacher --dataset_dir=data/dataset \
+      --output_dir=experiments/results/dataset_stats \
+      --summary_json=experiments/results/dataset_stats.json
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from absl import flags
+
+from crystal_search.datasets import frames as frames_lib
+from crystal_search.datasets import stats
+from crystal_search.datasets.teacher import read_metadata
+from crystal_search.errors import InputError
+from experiments.common import run
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("teacher_dir", "data/teacher", "Relaxation files (<Formula>/*.npz).")
+flags.DEFINE_string("dataset_dir", "data/dataset", "Output of build_dataset.")
+flags.DEFINE_string("md", None, "Optional MD frames (.npz) for a Figure-1 plot and table.")
+flags.DEFINE_string("output_dir", "experiments/results/dataset_stats", "Tables and plots.")
+flags.DEFINE_string(
+  "summary_json", "experiments/results/dataset_stats.json", "Per-stoichiometry summary JSON."
+)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  paths = sorted(glob.glob(os.path.join(FLAGS.teacher_dir, "*", "*.npz")))
+  metadata = [read_metadata(p) for p in paths]
+  manifest = None
+  manifest_path = os.path.join(FLAGS.dataset_dir, "manifest.json")
+  if os.path.exists(manifest_path):
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+  if not metadata and manifest is None:
+    raise InputError(f"no relaxation files in {FLAGS.teacher_dir} and no {manifest_path}")
+  sets = {}
+  parts = []
+  for key in ("train", "val", "test"):
+    path = os.path.join(FLAGS.dataset_dir, f"{key}.npz")
+    if os.path.exists(path):
+      frames = frames_lib.load(path)
+      sets[key] = frames
+      if len(frames):
+        parts.append(frames)
+  if parts:
+    sets["random (train+val+test, holdout excluded)"] = frames_lib.concatenate(parts)
+  holdout = os.path.join(FLAGS.dataset_dir, "holdout.npz")
+  if os.path.exists(holdout):
+    sets["holdout"] = frames_lib.load(holdout)
+  if FLAGS.md:
+    sets["md"] = frames_lib.load(FLAGS.md)
+  result = stats.dataset_stats(metadata, manifest, sets)
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  markdown = []
+  for name, frames in sets.items():
+    markdown.append(stats.table4_markdown(result["table4"][name], title=name))
+    slug = "".join(c if c.isalnum() else "_" for c in name.split(" ")[0])
+    stats.plot_distributions(
+      frames, os.path.join(FLAGS.output_dir, f"distribution_{slug}.png"), title=name
+    )
+  with open(os.path.join(FLAGS.output_dir, "table4.md"), "w") as f:
+    f.write("\n\n".join(markdown) + "\n")
+  stats.write_json(result["table4"], os.path.join(FLAGS.output_dir, "table4.json"))
+  stats.write_json(result, FLAGS.summary_json)
+  print("\n\n".join(markdown))
+  print()
+  for formula, row in result["per_stoichiometry"].items():
+    print(formula, {k: v for k, v in row.items()})
+  print(f"wrote {FLAGS.summary_json} and {FLAGS.output_dir}/")
+
+
+if __name__ == "__main__":
+  run(main)
