@@ -306,3 +306,33 @@ def test_teacher_summary_and_stats_binary(tmp_path):
   assert row["frames_train"] + row["frames_val"] + row["frames_test"] == 6 * 3
   assert (tmp_path / "stats" / "table4.md").exists()
   assert list((tmp_path / "stats").glob("distribution_*.png"))
+
+
+def test_md_supercells_and_nvt_frames():
+  from ase.calculators.lj import LennardJones
+
+  from crystal_search.datasets import md
+  from crystal_search.units import stress_from_ase
+
+  phases = md.known_phases()
+  cell = md.supercell_in_range(phases["LiSi"])
+  assert 64 <= len(cell) <= 78 and cell.composition.reduced_formula == "LiSi"
+  assert md.supercell_in_range(phases["Li12Si7"]) is None  # 152 atoms: no multiple fits
+  small = phases["Si"]  # 8 atoms: quick
+  calc = LennardJones(sigma=2.1, epsilon=0.05, rc=5.0)
+  frames = md.run_nvt(small, calc, steps=20, sample_every=5, seed=1, stol=None)
+  assert list(frames.step) == [0, 5, 10, 15, 20]
+  assert frames.metadata["simulated_ps"] == pytest.approx(0.04)
+  # Labels are the calculator's, in project units.
+  from pymatgen.io.ase import AseAtomsAdaptor
+
+  s = frames.structure(2)
+  atoms = AseAtomsAdaptor.get_atoms(s)
+  atoms.calc = LennardJones(sigma=2.1, epsilon=0.05, rc=5.0)
+  np.testing.assert_allclose(frames.forces[frames.atom_slice(2)], atoms.get_forces(), atol=1e-8)
+  np.testing.assert_allclose(frames.stress[2], stress_from_ase(atoms.get_stress()), atol=1e-6)
+  # Same seed, same trajectory; near-duplicates (every step, tiny steps) are dropped.
+  again = md.run_nvt(small, calc, steps=20, sample_every=5, seed=1, stol=None)
+  np.testing.assert_array_equal(again.positions, frames.positions)
+  dedup = md.run_nvt(small, calc, steps=6, sample_every=1, timestep_fs=0.05, seed=1, stol=0.05)
+  assert len(dedup) < 7
