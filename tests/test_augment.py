@@ -1,13 +1,12 @@
 """Augmentation: rotations move structures and labels consistently; noise statistics; seeds."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 from training_data import label, random_cells
 
 from crystal_search import augment
+from crystal_search.crystals import Crystals
 
 
 def test_rotations_are_proper_90_degree_rotations():
@@ -50,11 +49,15 @@ def test_rotation_of_cartesian_positions():
 
 
 def test_noise_has_requested_std_and_spares_padding():
-  crystals = random_cells(2, 200, sizes=(6,))
-  crystals = dataclasses.replace(
-    crystals,
-    positions=crystals.positions.astype(np.float64),
-    lattice=crystals.lattice.astype(float),
+  rng = np.random.default_rng(2)
+  mask = np.zeros((200, 8), bool)
+  mask[:, :6] = True
+  crystals = Crystals(
+    positions=np.where(mask[..., None], rng.uniform(size=(200, 8, 3)), 0.0),
+    lattice=5.0 * (np.eye(3) + 0.1 * rng.normal(size=(200, 3, 3))),
+    atomic_numbers=np.where(mask, 3, 0).astype(np.int32),
+    mask=mask,
+    n_atoms=np.full((200,), 6, np.int32),
   )
   where = np.zeros(200, bool)
   where[:150] = True

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
+import jax
 import numpy as np
 
 from crystal_search.crystals import Crystals
@@ -51,11 +53,12 @@ def random_cells(
   return Crystals(positions, lattices, numbers, mask, n_atoms)
 
 
+@functools.lru_cache(maxsize=1)
 def morse():
-  """The Morse test potential of the teacher module (jittable, forces/stress by autodiff)."""
+  """The Morse test potential of the teacher module, jitted (forces/stress by autodiff)."""
   from crystal_search.datasets.teacher import morse_force_field
 
-  return morse_force_field()
+  return jax.jit(morse_force_field())
 
 
 def label(crystals: Crystals, force_field=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,8 +98,11 @@ def make_dataset(directory: str, *, seed: int = 0, sizes=(2, 3, 4, 5, 6, 10), co
 
   counts = counts or {"train": 48, "val": 12, "test": 12, "holdout": 6}
   os.makedirs(directory, exist_ok=True)
-  for k, (split, num) in enumerate(counts.items()):
-    make_frames(seed * 100 + k, num, sizes=sizes).save(os.path.join(directory, f"{split}.npz"))
+  every = make_frames(seed, sum(counts.values()), sizes=sizes)
+  start = 0
+  for split, num in counts.items():
+    every.select(np.arange(start, start + num)).save(os.path.join(directory, f"{split}.npz"))
+    start += num
   with open(os.path.join(directory, "manifest.json"), "w") as f:
     json.dump({"synthetic": True, "seed": seed, "counts": counts}, f)
   return directory

@@ -1,0 +1,73 @@
+"""The paper's force/stress model and training (Cheon et al. 2020, section 3.3).
+
+  crystal-search train --config=experiments/configs/default.py --workdir=runs/default
+  crystal-search train --config=experiments/configs/default.py:paper --workdir=runs/paper
+
+Two scales (the part after ``:`` picks one; ``config.scale`` records it):
+
+* ``paper`` (accelerators): the paper's model (16-d embedding, 7 MEGNet blocks of
+  width 64, plane-atom stress head, 4 Å cutoff), Adam 1e-3 halved every 15 epochs,
+  batch 32, up to 200 epochs with early stopping after 30 without improvement,
+  augmentation 50 % rotations / 30 % noise of 0.01 Å, every frame of the dataset.
+* ``cpu`` (this 2-core machine, about 20 minutes): the same model and protocol
+  on at most ``CPU_TRAIN_FRAMES`` training and ``CPU_EVAL_FRAMES`` evaluation
+  frames for ``CPU_EPOCHS`` epochs, the learning rate halved every
+  ``CPU_HALVING_EPOCHS`` epochs.
+
+Override any value on the command line, e.g. ``--config.augment.noise_std=0.02``.
+Changing ``config.scale`` on the command line only relabels the run; use the
+``:cpu`` / ``:paper`` suffix to get the other scale's values.
+"""
+
+import ml_collections
+
+from crystal_search import training
+from experiments.configs import data
+
+CPU_EPOCHS = 30
+CPU_HALVING_EPOCHS = 10
+CPU_TRAIN_FRAMES = 3000
+CPU_EVAL_FRAMES = 600
+CPU_PATIENCE = 10
+
+
+def apply_scale(c: ml_collections.ConfigDict, scale: str) -> ml_collections.ConfigDict:
+  """Set the budget-dependent values of ``c`` for ``scale`` ('cpu' or 'paper')."""
+  if scale not in ("cpu", "paper"):
+    raise ValueError(f"scale {scale!r}: expected 'cpu' or 'paper'")
+  c.scale = scale
+  if scale == "cpu":
+    c.num_epochs = CPU_EPOCHS
+    c.lr_halving_epochs = CPU_HALVING_EPOCHS
+    c.patience = CPU_PATIENCE
+    c.data.max_train_frames = CPU_TRAIN_FRAMES
+    c.data.max_eval_frames = CPU_EVAL_FRAMES
+  return c
+
+
+def parse_arg(arg: str | None) -> tuple[list[str], str]:
+  """Split a config argument ``"a,b,...[,cpu|paper]"`` into its parts and the scale."""
+  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+  scale = "cpu"
+  if parts and parts[-1] in ("cpu", "paper"):
+    scale = parts.pop()
+  return parts, scale
+
+
+def base_config(scale: str = "cpu") -> ml_collections.ConfigDict:
+  """The paper's configuration at ``scale``."""
+  c = training.get_default_config()
+  c.data = data.get_config()
+  c.model_kind = "force_stress"
+  c.model.stress_head = "plane"
+  c.augment.rotate_fraction = 0.5
+  c.augment.noise_fraction = 0.3
+  c.augment.noise_std = 0.01
+  return apply_scale(c, scale)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  parts, scale = parse_arg(arg)
+  if parts:
+    raise ValueError(f"default.py takes only 'cpu' or 'paper', got {arg!r}")
+  return base_config(scale)

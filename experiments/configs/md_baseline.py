@@ -1,0 +1,26 @@
+"""The MD baseline (paper Table 2): the paper's model trained on molecular-dynamics frames.
+
+The dataset folder (``data.MD_PATH``) holds MD frames of the known phases in the
+same split layout (``train.npz``, ``val.npz``, ...).  The model is evaluated on
+the random-relaxation test set with ``crystal-search evaluate``.  MD cells have
+64–78 atoms, so batches are smaller than for random structures.
+
+  crystal-search train --config=experiments/configs/md_baseline.py --workdir=runs/md
+"""
+
+import ml_collections
+
+from experiments.configs import data, default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  parts, scale = default.parse_arg(arg)
+  if parts:
+    raise ValueError(f"md_baseline.py takes only 'cpu' or 'paper', got {arg!r}")
+  c = default.base_config(scale)
+  c.data.path = data.MD_PATH
+  c.batch_size = 8
+  c.eval_batch_size = 16
+  if scale == "cpu":
+    c.data.max_train_frames = default.CPU_TRAIN_FRAMES // 4
+  return c

@@ -1,0 +1,197 @@
+"""Training: loss masking, learning-rate schedule, batching, data checks, workdir rules, resume."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from training_data import make_dataset, make_frames
+
+from crystal_search import training
+from crystal_search.crystals import bucket_size
+from crystal_search.errors import InputError
+
+# ----------------------------------------------------------------------------
+# Loss.
+
+
+def test_masked_mse_matches_numpy_on_real_entries():
+  rng = np.random.default_rng(0)
+  pred = rng.normal(size=(3, 8, 3))
+  target = rng.normal(size=(3, 8, 3))
+  mask = np.zeros((3, 8), bool)
+  mask[0, :5] = mask[1, :2] = True
+  got = training.masked_mse(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask)[..., None])
+  want = np.mean((pred[mask] - target[mask]) ** 2)
+  np.testing.assert_allclose(float(got), want, rtol=1e-6)
+  nothing = training.masked_mse(jnp.asarray(pred), jnp.asarray(target), jnp.zeros((3, 8, 1), bool))
+  assert float(nothing) == 0.0
+
+
+def test_padding_atoms_and_structures_do_not_change_the_loss():
+  rng = np.random.default_rng(1)
+  b, n = 4, 8
+  mask = np.zeros((b, n), bool)
+  mask[0, :3] = mask[1, :6] = mask[2, :1] = True  # structure 3 is padding
+  fp, ft = rng.normal(size=(b, n, 3)), rng.normal(size=(b, n, 3))
+  sp, st = rng.normal(size=(b, 3, 3)), rng.normal(size=(b, 3, 3))
+  loss, (f, s) = training.force_stress_loss(fp, sp, ft, st, jnp.asarray(mask))
+  # Garbage on padding atoms and in the padding structure changes nothing.
+  fp2, sp2 = fp.copy(), sp.copy()
+  fp2[~mask] = 1e6
+  sp2[3] = -1e6
+  loss2, _ = training.force_stress_loss(fp2, sp2, ft, st, jnp.asarray(mask))
+  np.testing.assert_allclose(float(loss2), float(loss), rtol=1e-6)
+  # Independent reference: means over real atom components and real structures' 9 components.
+  f_ref = np.mean((fp[mask] - ft[mask]) ** 2)
+  s_ref = np.mean((sp[:3] - st[:3]) ** 2)
+  np.testing.assert_allclose(float(f), f_ref, rtol=1e-6)
+  np.testing.assert_allclose(float(s), s_ref, rtol=1e-6)
+  np.testing.assert_allclose(float(loss), f_ref + s_ref, rtol=1e-6)
+  # A wider padded copy (more atom slots, one more padding structure) gives the same loss.
+  wide = lambda x, width: np.concatenate([x, np.zeros((b, width - n) + x.shape[2:])], axis=1)
+  mask_w = np.concatenate([wide(mask, 16), np.zeros((1, 16), bool)])
+  fp_w = np.concatenate([wide(fp, 16), np.ones((1, 16, 3))])
+  ft_w = np.concatenate([wide(ft, 16), np.zeros((1, 16, 3))])
+  sp_w = np.concatenate([sp, np.ones((1, 3, 3))])
+  st_w = np.concatenate([st, np.zeros((1, 3, 3))])
+  loss_w, _ = training.force_stress_loss(fp_w, sp_w, ft_w, st_w, jnp.asarray(mask_w))
+  np.testing.assert_allclose(float(loss_w), float(loss), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Learning-rate schedule.
+
+
+@pytest.mark.parametrize("steps_per_epoch", [1, 7])
+def test_learning_rate_halves_every_15_epochs(steps_per_epoch):
+  schedule = training.lr_schedule(
+    learning_rate=1e-3, halving_epochs=15, steps_per_epoch=steps_per_epoch
+  )
+  for epoch in range(0, 61):
+    for step_in_epoch in (0, steps_per_epoch - 1):
+      step = epoch * steps_per_epoch + step_in_epoch
+      np.testing.assert_allclose(float(schedule(step)), 1e-3 * 0.5 ** (epoch // 15), rtol=1e-6)
+
+
+def test_adam_uses_the_schedule():
+  """Adam's step size follows the schedule (for a constant gradient each step is ``lr``)."""
+  from ml_collections import ConfigDict
+
+  config = ConfigDict(dict(learning_rate=1e-3, lr_halving_epochs=2, grad_clip=0.0))
+  tx, _ = training.make_optimizer(config, steps_per_epoch=3)
+  params = {"w": jnp.zeros(2)}
+  state = tx.init(params)
+  grads = {"w": jnp.array([1.0, -2.0])}
+  sizes = []
+  for _ in range(8):
+    updates, state = tx.update(grads, state, params)
+    sizes.append(float(jnp.abs(updates["w"][0])))
+  # Steps 0-5 are epochs 0-1 (lr 1e-3), steps 6-7 epoch 2 (lr 5e-4); the Adam ratio m/sqrt(v)
+  # is 1 for a constant gradient.
+  np.testing.assert_allclose(sizes[:6], 1e-3, rtol=1e-3)
+  np.testing.assert_allclose(sizes[6:], 5e-4, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------
+# Batching and data.
+
+
+def test_bucket_batches_cover_every_frame_once_in_one_bucket_each():
+  n_atoms = np.array([2, 9, 3, 16, 17, 8, 5, 40, 2, 2, 11])
+  for rng in (None, np.random.default_rng(0)):
+    batches = training.bucket_batches(n_atoms, batch_size=2, rng=rng)
+    seen = np.concatenate([idx for _, idx in batches])
+    assert sorted(seen.tolist()) == list(range(len(n_atoms)))
+    for bucket, idx in batches:
+      assert 1 <= len(idx) <= 2
+      assert all(bucket_size(int(n_atoms[i])) == bucket for i in idx)
+  a = training.bucket_batches(n_atoms, batch_size=2, rng=np.random.default_rng(3))
+  b = training.bucket_batches(n_atoms, batch_size=2, rng=np.random.default_rng(3))
+  assert [(k, i.tolist()) for k, i in a] == [(k, i.tolist()) for k, i in b]
+
+
+def test_make_batch_pads_structures_and_energy():
+  frames = make_frames(0, 5, sizes=(2, 3))
+  batch = training.make_batch(frames, np.array([1, 3]), max_atoms=8, batch_size=4)
+  assert batch.crystals.positions.shape == (4, 8, 3)
+  assert batch.crystals.n_atoms.tolist()[2:] == [0, 0]
+  np.testing.assert_allclose(batch.energy[:2], frames.energy[[1, 3]], rtol=1e-6)
+  assert batch.energy[2:].tolist() == [0.0, 0.0]
+
+
+def test_normalization_stats_match_numpy():
+  frames = make_frames(1, 6)
+  stats = training.normalization_stats(frames)
+  np.testing.assert_allclose(stats["force_std"], np.std(frames.forces), rtol=1e-5)
+  np.testing.assert_allclose(stats["stress_mean"], np.mean(frames.stress), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    stats["energy_mean"], np.mean(frames.energy / frames.n_atoms), rtol=1e-5
+  )
+
+
+def test_load_dataset_errors_and_holdout(tmp_path):
+  with pytest.raises(InputError, match="no such dataset folder"):
+    training.load_dataset(_data_config(str(tmp_path / "missing")), elements=("Li", "Si"), seed=0)
+  path = make_dataset(str(tmp_path / "d"), counts={"train": 6, "val": 3})
+  ds = training.load_dataset(_data_config(path), elements=("Li", "Si"), seed=0)
+  assert set(ds.splits) == {"train", "val"} and len(ds.splits["train"]) == 6
+  assert len(ds.version) == 16
+  with pytest.raises(InputError, match="element"):
+    training.load_dataset(_data_config(path), elements=("Li",), seed=0)
+  os.remove(os.path.join(path, "val.npz"))
+  with pytest.raises(InputError, match="val.npz"):
+    training.load_dataset(_data_config(path), elements=("Li", "Si"), seed=0)
+  # Frames of a held-out stoichiometry never reach train/val.
+  frames = make_frames(5, 8, sizes=(2,))
+  formulas = training.frame_formulas(frames)
+  frames.save(os.path.join(path, "val.npz"))
+  held = formulas[0]
+  ds = training.load_dataset(_data_config(path, holdout=(held,)), elements=("Li", "Si"), seed=0)
+  assert held not in training.frame_formulas(ds.splits["val"])
+  assert len(ds.splits["val"]) == sum(f != held for f in formulas)
+
+
+def _data_config(path, holdout=("Li15Si4",)):
+  from ml_collections import ConfigDict
+
+  return ConfigDict(dict(path=path, holdout=holdout, max_train_frames=0, max_eval_frames=0))
+
+
+def test_dataset_version_changes_with_content(tmp_path):
+  path = make_dataset(str(tmp_path / "d"), counts={"train": 3, "val": 2})
+  v1 = training.dataset_version(path, ["train.npz", "val.npz"])
+  make_frames(9, 3).save(os.path.join(path, "train.npz"))
+  v2 = training.dataset_version(path, ["train.npz", "val.npz"])
+  assert v1 != v2
+
+
+# ----------------------------------------------------------------------------
+# Workdir rules.
+
+
+def test_prepare_workdir_refuses_another_run(tmp_path):
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  assert training.prepare_workdir(wd, config_digest="a", data_version="x", overwrite=False) is False
+  with open(os.path.join(wd, "run.json"), "w") as f:
+    json.dump({"config_hash": "a", "data_version": "x"}, f)
+  os.makedirs(os.path.join(wd, "checkpoints"))
+  assert training.prepare_workdir(wd, config_digest="a", data_version="x", overwrite=False)
+  with pytest.raises(InputError, match="different config") as e:
+    training.prepare_workdir(wd, config_digest="b", data_version="x", overwrite=False)
+  assert "\n" not in str(e.value)
+  with pytest.raises(InputError, match="different data"):
+    training.prepare_workdir(wd, config_digest="a", data_version="y", overwrite=False)
+  assert not training.prepare_workdir(wd, config_digest="b", data_version="x", overwrite=True)
+  assert not os.path.exists(os.path.join(wd, "checkpoints"))
+
+
+def test_dataclass_replace_keeps_batch_pytree():
+  frames = make_frames(2, 3, sizes=(2,))
+  batch = training.make_batch(frames, np.arange(3), max_atoms=8, batch_size=4)
+  leaves = jax.tree_util.tree_leaves(dataclasses.replace(batch, energy=batch.energy * 2))
+  assert len(leaves) == 8
