@@ -13,6 +13,7 @@ import os
 
 from absl import flags
 
+from crystal_search.crystals import expand_inputs
 from crystal_search.datasets import frames as frames_lib
 from crystal_search.datasets import stats
 from crystal_search.datasets.teacher import read_metadata
@@ -22,7 +23,9 @@ from experiments.common import run
 FLAGS = flags.FLAGS
 flags.DEFINE_string("teacher_dir", "data/teacher", "Relaxation files (<Formula>/*.npz).")
 flags.DEFINE_string("dataset_dir", "data/dataset", "Output of build_dataset.")
-flags.DEFINE_string("md", None, "Optional MD frames (.npz) for a Figure-1 plot and table.")
+flags.DEFINE_string(
+  "md", None, "Optional MD frames: a .npz, a folder of them or a glob (Figure 1 and its table)."
+)
 flags.DEFINE_string("output_dir", "experiments/results/dataset_stats", "Tables and plots.")
 flags.DEFINE_string(
   "summary_json", "experiments/results/dataset_stats.json", "Per-stoichiometry summary JSON."
@@ -55,7 +58,10 @@ def main(argv: list[str]) -> None:
   if os.path.exists(holdout):
     sets["holdout"] = frames_lib.load(holdout)
   if FLAGS.md:
-    sets["md"] = frames_lib.load(FLAGS.md)
+    md_paths = expand_inputs(
+      os.path.join(FLAGS.md, "*.npz") if os.path.isdir(FLAGS.md) else FLAGS.md
+    )
+    sets["md"] = frames_lib.concatenate([frames_lib.load(p) for p in md_paths])
   result = stats.dataset_stats(metadata, manifest, sets)
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   markdown = []
