@@ -66,8 +66,6 @@ from crystal_search.errors import InputError
 
 #: Model kinds the trainer knows.
 MODEL_KINDS = ("force_stress", "energy")
-#: Stress heads of the force/stress model (paper appendix 7.4).
-STRESS_HEADS = ("plane", "corner", "global")
 #: Dataset splits read from ``config.data.path``.
 REQUIRED_SPLITS = ("train", "val")
 OPTIONAL_SPLITS = ("test", "holdout")
@@ -145,11 +143,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
   need(given["scale"] in ("cpu", "paper"), "scale", "expected 'cpu' or 'paper'")
   need(given["model_kind"] in MODEL_KINDS, "model_kind", f"expected one of {MODEL_KINDS}")
-  need(
-    given["model.stress_head"] in STRESS_HEADS,
-    "model.stress_head",
-    f"expected one of {STRESS_HEADS}",
-  )
   for key in ("learning_rate",):
     need(isinstance(given[key], float | int) and given[key] > 0, key, "must be > 0")
   for key in ("num_epochs", "lr_halving_epochs", "batch_size", "eval_batch_size"):
@@ -164,6 +157,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   need(given["augment.noise_std"] >= 0.0, "augment.noise_std", "must be >= 0 (Å)")
   need(given["model.cutoff"] > 0, "model.cutoff", "must be > 0 (Å)")
   need(bool(given["data.path"]), "data.path", "must name the dataset folder")
+  from crystal_search.models import config as model_config
+
+  model_config.validate_config(config.model)
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
@@ -634,8 +630,11 @@ def create_train_state(variables: dict, tx) -> TrainState:
   )
 
 
+_STEPS_CACHE: dict[tuple[str, str], tuple[Callable, Callable]] = {}
+
+
 def make_steps(adapter: ModelAdapter):
-  """Jitted ``(train_step, eval_step)`` for a model kind.
+  """Jitted ``(train_step, eval_step)`` for a model kind (cached per kind and model config).
 
   ``train_step(state, batch, capacity) -> (state, aux)``: one Adam step; when
   the model reports a neighbour overflow or the loss is not finite, the state
@@ -663,9 +662,13 @@ def make_steps(adapter: ModelAdapter):
     loss, aux = loss_fn(state.params, state, batch, capacity)
     return dict(aux, loss=loss)
 
-  train = jax.jit(train_step, static_argnums=(2,), donate_argnums=(0,))
-  evaluate = jax.jit(eval_step, static_argnums=(2,))
-  return train, evaluate
+  key = (adapter.kind, json.dumps(adapter.config.to_dict(), sort_keys=True, default=str))
+  if key not in _STEPS_CACHE:
+    _STEPS_CACHE[key] = (
+      jax.jit(train_step, static_argnums=(2,), donate_argnums=(0,)),
+      jax.jit(eval_step, static_argnums=(2,)),
+    )
+  return _STEPS_CACHE[key]
 
 
 def _grow(capacity: int) -> int:

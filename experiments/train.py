@@ -10,6 +10,9 @@ exported to ``DIR/model``; metrics per epoch go to ``DIR/metrics.csv``.
 
 from __future__ import annotations
 
+import os
+
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -17,8 +20,13 @@ from crystal_search import training
 from crystal_search.errors import InputError
 from experiments.common import run
 
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", "experiments/configs/default.py", "Training config file (FILE[:ARG])."
+  "config",
+  _DEFAULT_CONFIG,
+  "Training config file (FILE[:ARG]).",
+  lock_config=False,
+  accept_new_attributes=True,  # unknown keys reach training.validate_config: a one-line error
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, model).")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace another run found in --workdir.")
@@ -28,6 +36,26 @@ _STOP_AFTER = flags.DEFINE_integer(
   None,
   "Stop after this many epochs of this invocation, leaving the run resumable (as if killed).",
 )
+
+
+def _one_line_config_errors() -> None:
+  """Make a config file that fails to load a one-line flag error instead of a traceback."""
+  flag = flags.FLAGS[_CONFIG.name]
+  parse = flag._parse
+
+  def one_line(argument):
+    try:
+      return parse(argument)
+    except flags.Error as e:
+      lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+      raise flags.IllegalFlagValueError(lines[-1] if lines else type(e).__name__) from None
+    except Exception as e:  # noqa: BLE001 - any error of a config file becomes one line
+      raise flags.IllegalFlagValueError(f"{type(e).__name__}: {e}") from None
+
+  flag._parse = one_line
+
+
+_one_line_config_errors()
 
 
 def main(argv: list[str]) -> None:
@@ -42,8 +70,15 @@ def main(argv: list[str]) -> None:
     if not _QUIET.value:
       print(message, flush=True)
 
+  config = _CONFIG.value
+  if not isinstance(config, ml_collections.ConfigDict):  # the file failed to load
+    try:
+      config.to_dict()
+    except Exception as e:  # noqa: BLE001 - report why in one line
+      lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+      raise InputError(f"--config: {lines[-1] if lines else type(e).__name__}") from None
   result = training.train(
-    _CONFIG.value,
+    config,
     _WORKDIR.value,
     overwrite=_OVERWRITE.value,
     stop_after=_STOP_AFTER.value,

@@ -195,3 +195,83 @@ def test_dataclass_replace_keeps_batch_pytree():
   batch = training.make_batch(frames, np.arange(3), max_atoms=8, batch_size=4)
   leaves = jax.tree_util.tree_leaves(dataclasses.replace(batch, energy=batch.energy * 2))
   assert len(leaves) == 8
+
+
+# ----------------------------------------------------------------------------
+# Configs.
+
+
+def _config(name, arg=None):
+  import importlib
+
+  module = importlib.import_module(f"experiments.configs.{name}")
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+@pytest.mark.parametrize(
+  "name,arg",
+  [
+    ("default", None),
+    ("default", "paper"),
+    ("test", None),
+    ("noise_sweep", "0.02,1"),
+    ("noise_sweep", "0,2,paper"),
+    ("energy_baseline", None),
+    ("md_baseline", None),
+    ("stress_heads", "corner"),
+    ("stress_heads", "global,paper"),
+  ],
+)
+def test_every_experiment_config_is_valid(name, arg):
+  config = _config(name, arg)
+  training.validate_config(config)
+  assert config.scale in ("cpu", "paper")
+  assert tuple(config.data.holdout) == ("Li15Si4",)
+
+
+def test_config_values_of_the_paper():
+  c = _config("default", "paper")
+  assert c.learning_rate == 1e-3 and c.lr_halving_epochs == 15
+  assert c.augment.rotate_fraction == 0.5 and c.augment.noise_fraction == 0.3
+  assert c.model.stress_head == "plane" and c.model.cutoff == 4.0
+  assert c.model.num_blocks == 7 and c.model.width == 64 and c.model.embed_dim == 16
+  assert c.data.max_train_frames == 0
+  cpu = _config("default")
+  assert cpu.scale == "cpu" and cpu.num_epochs < c.num_epochs and cpu.data.max_train_frames > 0
+  sweep = _config("noise_sweep", "0.03,2")
+  assert sweep.augment.noise_std == 0.03 and sweep.seed == 2
+  from experiments.configs import noise_sweep
+
+  assert len(noise_sweep.SWEEP) == 12 and len(set(noise_sweep.SWEEP)) == 12
+  assert {n for n, _ in noise_sweep.SWEEP} == {0.0, 0.01, 0.02, 0.03}
+  energy = _config("energy_baseline")
+  assert energy.model_kind == "energy" and energy.augment.noise_fraction == 0.0
+  assert energy.augment.rotate_fraction == 0.5
+  assert _config("stress_heads", "global").model.stress_head == "global"
+
+
+@pytest.mark.parametrize(
+  "edit,pattern",
+  [
+    (lambda c: c.__setattr__("learning_rate", -1e-3), "learning_rate"),
+    (lambda c: c.augment.__setattr__("noise_std", -0.01), "noise_std"),
+    (lambda c: c.model.__setattr__("stress_head", "edge"), "stress_head"),
+    (lambda c: c.__setattr__("bogus", 1), "unknown key"),
+    (lambda c: c.augment.__setattr__("rotate_fraction", 1.5), "rotate_fraction"),
+    (lambda c: c.__setattr__("model_kind", "dipole"), "model_kind"),
+    (lambda c: c.__setattr__("batch_size", 0), "batch_size"),
+  ],
+)
+def test_bad_config_is_refused_in_one_line(edit, pattern):
+  config = _config("test")
+  edit(config)
+  with pytest.raises(InputError, match=pattern) as e:
+    training.validate_config(config)
+  assert "\n" not in str(e.value)
+
+
+def test_config_hash_changes_with_any_value():
+  a, b = _config("test"), _config("test")
+  assert training.config_hash(a) == training.config_hash(b)
+  b.augment.noise_std = 0.02
+  assert training.config_hash(a) != training.config_hash(b)

@@ -12,29 +12,31 @@ from crystal_search.crystals import Crystals
 from crystal_search.datasets import frames as frames_lib
 
 
+def _sequential_positions(rng, n, lattice, min_dist):
+  """Random fractional positions added one at a time, each at least ``min_dist`` Å from the rest."""
+  while True:
+    frac = np.zeros((0, 3))
+    for _ in range(200 * n):
+      trial = rng.uniform(size=3)
+      d = frac - trial
+      d -= np.round(d)
+      if len(frac) == 0 or np.linalg.norm(d @ lattice, axis=1).min() >= min_dist:
+        frac = np.vstack([frac, trial])
+        if len(frac) == n:
+          return frac
+
+
 def random_cells(
   seed: int, num: int, *, sizes: tuple[int, ...] = (2, 3, 4, 5, 6), min_dist: float = 1.9
 ) -> Crystals:
-  """``num`` random periodic Li/Si cells (triclinic, 4–6 Å) padded to 8 or 16 atom slots."""
+  """``num`` random periodic Li/Si cells (triclinic, 18–26 Å^3 per atom) padded to 8 or 16 atom slots."""
   rng = np.random.default_rng(seed)
   cells = []
   for _ in range(num):
     n = int(rng.choice(sizes))
-    a = 3.0 + 0.9 * n ** (1 / 3) + rng.uniform(0, 1.0)
+    a = max(3.4, (n * rng.uniform(18.0, 26.0)) ** (1 / 3))
     lattice = a * (np.eye(3) + 0.08 * rng.normal(size=(3, 3)))
-    while True:
-      frac = rng.uniform(size=(n, 3))
-      cart = frac @ lattice
-      ok = True
-      for i in range(n):
-        for j in range(i):
-          d = frac[i] - frac[j]
-          d -= np.round(d)
-          if np.linalg.norm(d @ lattice) < min_dist:
-            ok = False
-      if ok:
-        break
-    del cart
+    frac = _sequential_positions(rng, n, lattice, min_dist)
     numbers = rng.choice([3, 14], size=n)
     cells.append((frac, lattice, numbers))
   width = 8 if max(sizes) <= 8 else 16
