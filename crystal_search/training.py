@@ -964,7 +964,6 @@ def train(
   """
   log = log or (lambda _: None)
   validate_config(config)
-  adapter = model_adapter(config)
   dataset = load_dataset(
     config.data, elements=tuple(config.model.elements), seed=config.seed, log=log
   )
@@ -984,6 +983,7 @@ def train(
   )
   train_frames = dataset.splits["train"]
   val_frames = dataset.splits["val"]
+  adapter = model_adapter(config)
   log(
     f"data {dataset.path} (version {dataset.version}): "
     + ", ".join(f"{k} {len(v)} frames" for k, v in dataset.splits.items())

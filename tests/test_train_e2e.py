@@ -1,0 +1,128 @@
+"""End to end: the ``train`` binary with ``configs/test.py`` on a tiny synthetic dataset."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from training_data import make_dataset
+
+from crystal_search import training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "experiments", "configs", "test.py")
+
+
+def _train(workdir, data, *extra, cwd=None):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.train",
+    f"--config={CONFIG}",
+    f"--config.data.path={data}",
+    f"--workdir={workdir}",
+    "--quiet",
+    *extra,
+  ]
+  return subprocess.run(cmd, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  return make_dataset(str(tmp_path_factory.mktemp("data") / "dataset"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, dataset):
+  workdir = str(tmp_path_factory.mktemp("runs") / "full")
+  out = _train(workdir, dataset)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir, out
+
+
+def _load_params(workdir):
+  from crystal_search.models import io as model_io
+
+  loaded = model_io.load_model(os.path.join(workdir, "model"))
+  return loaded
+
+
+def test_train_writes_metrics_and_a_loadable_model(finished_run):
+  workdir, out = finished_run
+  rows = training.read_metrics(workdir)
+  assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+  assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+  assert all(np.isfinite(r["val_force_mae"]) and np.isfinite(r["val_stress_mae"]) for r in rows)
+  assert "best epoch" in out.stdout
+  loaded = _load_params(workdir)
+  assert loaded is not None
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "latest"))
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "best"))
+
+
+def test_other_config_in_same_workdir_is_refused_in_one_line(finished_run, dataset):
+  workdir, _ = finished_run
+  out = _train(workdir, dataset, "--config.learning_rate=0.01")
+  assert out.returncode == 1
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error:") and "different config" in lines[0]
+  # The finished run is still there.
+  assert len(training.read_metrics(workdir)) == 3
+
+
+def test_interrupted_run_resumes_to_the_same_model(finished_run, dataset, tmp_path):
+  workdir_full, _ = finished_run
+  workdir = str(tmp_path / "resumed")
+  first = _train(workdir, dataset, "--stop_after_epochs=2")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert not os.path.exists(os.path.join(workdir, "model"))
+  assert len(training.read_metrics(workdir)) == 2
+  second = _train(workdir, dataset)
+  assert second.returncode == 0, second.stderr[-3000:]
+  rows = training.read_metrics(workdir)
+  assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+  full_rows = training.read_metrics(workdir_full)
+  for a, b in zip(rows, full_rows):
+    assert a["val_loss"] == b["val_loss"]
+  import jax
+
+  a, b = _load_params(workdir), _load_params(workdir_full)
+  leaves_a = jax.tree_util.tree_leaves(a)
+  leaves_b = jax.tree_util.tree_leaves(b)
+  arrays = [(x, y) for x, y in zip(leaves_a, leaves_b) if hasattr(x, "shape")]
+  assert arrays
+  for x, y in arrays:
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize(
+  "case,pattern",
+  [
+    ("missing", "no such dataset folder"),
+    ("empty", "no frames"),
+    ("bad_value", "noise_std"),
+    ("unknown_key", "unknown key"),
+  ],
+)
+def test_bad_input_is_one_line(case, pattern, tmp_path, dataset):
+  data = dataset
+  extra = []
+  if case == "missing":
+    data = str(tmp_path / "nothing")
+  elif case == "empty":
+    from crystal_search.datasets import frames as frames_lib
+
+    data = str(tmp_path / "empty")
+    os.makedirs(data)
+    frames_lib.from_arrays([]).save(os.path.join(data, "train.npz"))
+    frames_lib.from_arrays([]).save(os.path.join(data, "val.npz"))
+  elif case == "bad_value":
+    extra = ["--config.augment.noise_std=-0.5"]
+  elif case == "unknown_key":
+    extra = ["--config.augment.noise_stdev=0.5"]
+  out = _train(str(tmp_path / "w"), data, *extra)
+  assert out.returncode == 1
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error:") and pattern in lines[0], out.stderr
