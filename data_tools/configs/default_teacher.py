@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.relax.smass = 2.0
   c.relax.potim = 0.4
   c.relax.fmax = 0.05  # eV/Å
+  c.relax.smax = 5.0  # kBar (VASP's EDIFFG<0 checks forces only; the cell must also settle here)
   c.relax.max_steps = 300  # CPU-scale cap (paper: run to convergence)
 
   c.teacher = ml_collections.ConfigDict()
