@@ -1,0 +1,207 @@
+"""Tests of the batched damped-dynamics relaxer against independent references."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+from scipy.optimize import minimize_scalar
+
+from crystal_search import relax
+from crystal_search.errors import InputError
+from crystal_search.force_fields import analytic
+
+SIGMA, EPS = 2.0, 0.1
+R_ONSET, R_CUT = 2.0 * SIGMA, 2.5 * SIGMA
+# Three images per axis suffice for these cells (no overflow retries except where tested).
+LJ = analytic.lennard_jones(sigma=SIGMA, epsilon=EPS, images=3)
+TIGHT = dict(fmax=1e-3, smax=0.02, max_steps=400)
+
+
+def _lj_numpy(r):
+  """Independent numpy LJ with jax-md's C^1 switching function (HOOMD form)."""
+  x = (SIGMA / r) ** 6
+  phi = 4 * EPS * (x * x - x)
+  rc2, ro2, r2 = R_CUT**2, R_ONSET**2, r * r
+  s = np.where(r < R_ONSET, 1.0, (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ro2) / (rc2 - ro2) ** 3)
+  return np.where(r < R_CUT, s * phi, 0.0)
+
+
+def _fcc_energy_per_atom(a):
+  """Lattice sum over an fcc Bravais lattice of cubic constant ``a`` (numpy, float64)."""
+  prim = 0.5 * a * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]], np.float64)
+  n = int(np.ceil(R_CUT / (a / 2))) + 2
+  grid = np.stack(np.meshgrid(*[np.arange(-n, n + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
+  r = np.linalg.norm(grid @ prim, axis=-1)
+  r = r[r > 1e-9]
+  return 0.5 * np.sum(_lj_numpy(r))
+
+
+def _fcc_reference_a():
+  res = minimize_scalar(_fcc_energy_per_atom, bounds=(2.6, 3.6), method="bounded")
+  return res.x, res.fun
+
+
+def _perturbed_fcc(seed, *, supercell=(1, 1, 1), a=3.1, displacement=0.15, strain=0.04):
+  rng = np.random.default_rng(seed)
+  s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Ar"], [[0, 0, 0]])
+  s.make_supercell(supercell)
+  eps = rng.uniform(-strain, strain, (3, 3))
+  eps = 0.5 * (eps + eps.T)
+  lattice = s.lattice.matrix @ (np.eye(3) + eps)
+  cart = s.cart_coords + rng.uniform(-displacement, displacement, (len(s), 3))
+  return Structure(Lattice(lattice), s.species, cart @ np.linalg.inv(s.lattice.matrix))
+
+
+@functools.cache
+def _jitted(force_field):
+  return jax.jit(force_field.__call__)
+
+
+@dataclasses.dataclass(frozen=True)
+class NumpyForceField:
+  """A host force field (numpy in and out) around a jittable one."""
+
+  inner: object
+  name: str = "numpy-wrapper"
+  elements: tuple | None = None
+  jittable: bool = False
+
+  def __call__(self, crystals):
+    out = _jitted(self.inner)(jax.tree_util.tree_map(jnp.asarray, crystals))
+    return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), out)
+
+  def grow(self):
+    return dataclasses.replace(self, inner=self.inner.grow())
+
+
+def test_fcc_lj_relaxes_to_reference_lattice_constant():
+  a_ref, e_ref = _fcc_reference_a()
+  # The reference is a 1-D minimum of an independent numpy lattice sum.
+  assert 2.9 < a_ref < 3.3
+  structures = [_perturbed_fcc(seed) for seed in range(3)]
+  results = relax.relax_structures(structures, LJ, **TIGHT)
+  for r in results:
+    assert r.converged and not r.failed and r.steps > 3
+    abc = np.asarray(r.final.lattice.abc)
+    np.testing.assert_allclose(abc, a_ref, rtol=5e-3)
+    np.testing.assert_allclose(r.final.lattice.angles, 90.0, atol=0.5)
+    assert abs(r.energy / len(r.final) - e_ref) < 1e-3
+    # Positions: back on an fcc lattice (every neighbour at a / sqrt 2).
+    d = r.final.distance_matrix + np.eye(len(r.final)) * 99
+    np.testing.assert_allclose(d.min(axis=1), a_ref / np.sqrt(2), rtol=5e-3)
+    assert r.max_force < TIGHT["fmax"] and r.max_stress < TIGHT["smax"]
+
+
+def test_damped_dynamics_first_step_is_the_documented_rule():
+  """One update with SMASS=2 is x += alpha_ion F (Å) and L <- L (1 - alpha_cell sigma)."""
+  s = _perturbed_fcc(0)
+  from crystal_search.crystals import from_structures
+
+  c = jax.tree_util.tree_map(jnp.asarray, from_structures([s], max_atoms=8))
+  ff = LJ
+  init_fn, apply_fn = relax.damped_dynamics(
+    ff, potim=0.4, smass=2.0, max_displacement=10.0, max_strain=1.0
+  )
+  s0 = init_fn(c)
+  s1 = jax.jit(apply_fn)(s0)
+  a_ion, a_cell = 0.4 * 0.25, 0.4 * 1e-3
+  out = ff(c)
+  np.testing.assert_allclose(s0.forces, out.forces, atol=1e-6)
+  want_l = c.lattice[0] @ (np.eye(3) - a_cell * np.asarray(out.stress[0]))
+  np.testing.assert_allclose(s1.crystals.lattice[0], want_l, rtol=1e-5, atol=1e-6)
+  want_cart = np.asarray(c.cartesian()[0] + a_ion * out.forces[0]) @ (
+    np.eye(3) - a_cell * np.asarray(out.stress[0])
+  )
+  got_cart = np.asarray(s1.crystals.cartesian()[0])
+  np.testing.assert_allclose(got_cart[:4], want_cart[:4], atol=1e-5)
+  assert int(s1.step[0]) == 1 and int(s0.step[0]) == 0
+
+
+def test_damping_keeps_memory_when_smass_below_two():
+  """SMASS=0 (no damping) adds the previous step: v1 = v0 + 2 alpha F (velocity Verlet)."""
+  from crystal_search.crystals import from_structures
+
+  c = jax.tree_util.tree_map(jnp.asarray, from_structures([_perturbed_fcc(1)], max_atoms=8))
+  ff = LJ
+  init_fn, apply_fn = relax.damped_dynamics(
+    ff, potim=0.1, smass=0.0, max_displacement=10.0, max_strain=1.0, relax_cell=False
+  )
+  s0 = init_fn(c)
+  s1 = apply_fn(s0)
+  s2 = apply_fn(s1)
+  a = 0.1 * 0.25
+  np.testing.assert_allclose(s1.velocity, 2 * a * s0.forces, atol=1e-6)
+  np.testing.assert_allclose(s2.velocity, s1.velocity + 2 * a * s1.forces, atol=1e-6)
+  np.testing.assert_allclose(s2.crystals.lattice, c.lattice)
+
+
+def test_padded_mixed_sizes_equal_each_alone():
+  structures = [
+    _perturbed_fcc(0),
+    _perturbed_fcc(1, supercell=(2, 1, 1)),
+    _perturbed_fcc(2, supercell=(2, 2, 1)),
+    _perturbed_fcc(3, supercell=(3, 1, 1)),
+  ]
+  # Force all into one padded 16-slot batch, then each alone in the same bucket.
+  settings = dict(fmax=5e-3, smax=0.5, max_steps=120, trajectory_every=1)
+  together = relax.relax_structures(structures, LJ, **settings)
+  for s, r in zip(structures, together):
+    (alone,) = relax.relax_structures([s], LJ, **settings)
+    assert r.steps == alone.steps and r.converged == alone.converged
+    np.testing.assert_allclose(r.final.lattice.matrix, alone.final.lattice.matrix, atol=1e-4)
+    np.testing.assert_allclose(r.trajectory["forces"], alone.trajectory["forces"], atol=1e-4)
+    assert abs(r.energy - alone.energy) < 1e-4
+
+
+def test_host_path_gives_the_jitted_trajectory():
+  structures = [_perturbed_fcc(4), _perturbed_fcc(5, supercell=(2, 1, 1))]
+  settings = dict(fmax=5e-3, smax=0.5, max_steps=60, trajectory_every=1)
+  jit_res = relax.relax_structures(structures, LJ, **settings)
+  host_res = relax.relax_structures(structures, NumpyForceField(LJ), **settings)
+  for a, b in zip(jit_res, host_res):
+    assert a.steps == b.steps and a.converged == b.converged
+    for key, tol in (("positions", 1e-5), ("lattice", 1e-4), ("forces", 1e-4), ("energy", 1e-4)):
+      np.testing.assert_allclose(a.trajectory[key], b.trajectory[key], atol=tol, err_msg=key)
+    # kBar: float32 round-off on stresses of ~50 kBar.
+    np.testing.assert_allclose(a.trajectory["stress"], b.trajectory["stress"], atol=5e-3)
+
+
+def test_trajectory_every_k_and_extxyz(tmp_path):
+  import ase.io
+
+  from crystal_search import units
+
+  (r,) = relax.relax_structures([_perturbed_fcc(6)], LJ, trajectory_every=3, **TIGHT)
+  t = r.trajectory
+  assert t["positions"].shape == (r.steps // 3 + 1, 4, 3)
+  np.testing.assert_array_equal(t["step"], np.arange(len(t["step"])) * 3)
+  (r1,) = relax.relax_structures([_perturbed_fcc(6)], LJ, trajectory_every=1, **TIGHT)
+  np.testing.assert_allclose(t["lattice"], r1.trajectory["lattice"][::3], atol=1e-5)
+  path = str(tmp_path / "t.extxyz")
+  relax.write_trajectory(r1, path)
+  frames = ase.io.read(path, index=":")
+  assert len(frames) == r1.steps + 1
+  np.testing.assert_allclose(frames[-1].get_forces(), r1.trajectory["forces"][-1], atol=1e-5)
+  np.testing.assert_allclose(
+    units.stress_from_ase(frames[0].get_stress()), r1.trajectory["stress"][0], atol=1e-3
+  )
+  assert abs(frames[-1].get_potential_energy() - r1.energy) < 1e-5
+
+
+def test_config_validation():
+  with pytest.raises(InputError, match="smass"):
+    relax.make_config(smass=3.0)
+  with pytest.raises(InputError, match="unknown field"):
+    relax.make_config(not_a_field=1)
+  with pytest.raises(InputError, match="max_steps"):
+    relax.make_config(max_steps=0)
+  with pytest.raises(InputError, match="min_cell_height"):
+    relax.make_config(min_distance=1.0, min_cell_height=1.5)
+  c = relax.make_config({"potim": 0.2}, fmax=1)
+  assert c.potim == 0.2 and c.fmax == 1.0 and c.smass == 2.0
