@@ -1,0 +1,1 @@
+"""Graph networks of the paper: MEGNet trunk, force/stress and energy models, save/load."""

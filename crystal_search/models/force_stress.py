@@ -1,0 +1,257 @@
+"""The paper's force/stress network: MEGNet trunk, force head on atoms, stress head on planes.
+
+Force head (section 3.3): node MLP ``head_widths`` (64 -> 32), concatenated
+with the global state, linear -> 3.  Stress head (``config.stress_head``):
+
+* ``'plane'``: each of the 3 fictitious plane nodes ((100), (010), (001)) runs
+  the same kind of head and outputs one row of the 3x3 stress; the matrix is
+  symmetrised ``(S + S^T) / 2``;
+* ``'corner'``: the same from fictitious nodes on the cell corners at ``a_k``;
+* ``'global'``: set2set of the real nodes and edges joined with the global
+  state, MLP -> 6 Voigt components (xx, yy, zz, yz, xz, xy); the atom-plane
+  distances are appended to the atom inputs (appendix 7.4).
+
+Targets are standardised; the statistics live in the variables::
+
+  variables = {'params': ...,
+               'normalization': {'force_mean' [3], 'force_std' [3],    # eV/Å
+                                 'stress_mean' [3, 3], 'stress_std' [3, 3]}}  # kBar
+
+Scalars given to :func:`set_normalization` are broadcast to those shapes (the
+trainer passes one mean/std over all force components and one over the 9
+stress components).  ``forces = forces_normalized * force_std + force_mean``,
+likewise for stress.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+import ml_collections
+import numpy as np
+from flax import struct
+
+from crystal_search import graphs
+from crystal_search.crystals import Crystals
+from crystal_search.models import megnet
+from crystal_search.models.config import validate_config
+
+
+@struct.dataclass
+class Prediction:
+  """Force/stress network outputs for ``B`` structures with ``N`` atom slots.
+
+  Attributes:
+    forces_normalized: ``[B, N, 3]`` standardised forces (zero on padding).
+    stress_normalized: ``[B, 3, 3]`` standardised stress, symmetric.
+    forces: ``[B, N, 3]`` eV/Å (zero on padding atoms).
+    stress: ``[B, 3, 3]`` kBar, tensile positive (zero on padding structures).
+    overflow: ``[B]`` bool, the neighbour capacity or image range was too small
+      (outputs of that structure are invalid).
+  """
+
+  forces_normalized: jax.Array
+  stress_normalized: jax.Array
+  forces: jax.Array
+  stress: jax.Array
+  overflow: jax.Array
+
+
+def fictitious_kind(config: ml_collections.ConfigDict) -> str | None:
+  """Fictitious nodes the graph needs: ``'plane'``, ``'corner'`` or None (global head)."""
+  return {"plane": "plane", "corner": "corner", "global": None}[config.stress_head]
+
+
+def _voigt_to_matrix(x: jax.Array) -> jax.Array:
+  xx, yy, zz, yz, xz, xy = (x[..., k] for k in range(6))
+  rows = [jnp.stack(r, axis=-1) for r in ((xx, xy, xz), (xy, yy, yz), (xz, yz, zz))]
+  return jnp.stack(rows, axis=-2)
+
+
+class ForceStressNet(nn.Module):
+  """Graph -> ``(forces_normalized [B, N, 3], stress_normalized [B, 3, 3])``."""
+
+  elements: tuple[str, ...]
+  embed_dim: int = 16
+  num_blocks: int = 7
+  width: int = 64
+  head_widths: tuple[int, ...] = (64, 32)
+  act: str = "softplus"
+  stress_head: str = "plane"
+  set2set_steps: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
+    p = 0 if self.stress_head == "global" else 3
+    v, e, u = megnet.MEGNet(
+      self.elements,
+      self.embed_dim,
+      self.num_blocks,
+      self.width,
+      self.act,
+      num_fictitious=p,
+      plane_inputs=self.stress_head == "global",
+      dtype=self.dtype,
+    )(graph)
+    b = graph.n_node.shape[0]
+    per = v.shape[0] // b
+    n = per - p
+    vs = v.reshape(b, per, -1)
+    mlp = lambda: megnet.MLP(self.head_widths, self.act, dtype=self.dtype)
+    dense = lambda k: nn.Dense(k, dtype=self.dtype, param_dtype=self.dtype)
+    # Forces on real atoms.
+    atoms = mlp()(vs[:, :n])
+    u_atoms = jnp.broadcast_to(u[:, None, :], (b, n, u.shape[-1]))
+    forces = dense(3)(jnp.concatenate([atoms, u_atoms], axis=-1))
+    forces = forces * graph.nodes["real"].reshape(b, per)[:, :n, None]
+    # Stress.
+    if p:
+      fict = mlp()(vs[:, n:])
+      u_fict = jnp.broadcast_to(u[:, None, :], (b, p, u.shape[-1]))
+      rows = dense(3)(jnp.concatenate([fict, u_fict], axis=-1))  # [B, 3, 3], row k from node k
+      stress = 0.5 * (rows + jnp.swapaxes(rows, -1, -2))
+    else:
+      pooled = megnet.set2set_readout(v, e, graph, steps=self.set2set_steps, dtype=self.dtype)
+      hidden = mlp()(jnp.concatenate([pooled, u], axis=-1))
+      stress = _voigt_to_matrix(dense(6)(hidden))
+    stress = stress * graph.globals["mask"][:, None, None]
+    return forces, stress
+
+
+def network(config: ml_collections.ConfigDict) -> ForceStressNet:
+  """The flax module for ``config``."""
+  return ForceStressNet(
+    elements=tuple(config.elements),
+    embed_dim=config.embed_dim,
+    num_blocks=config.num_blocks,
+    width=config.width,
+    head_widths=tuple(config.head_widths),
+    act=config.activation,
+    stress_head=config.stress_head,
+    set2set_steps=config.set2set_steps,
+    dtype=jnp.dtype(config.dtype),
+  )
+
+
+def _cast(config, crystals: Crystals) -> Crystals:
+  dtype = jnp.dtype(config.dtype)
+  return Crystals(
+    positions=jnp.asarray(crystals.positions, dtype),
+    lattice=jnp.asarray(crystals.lattice, dtype),
+    atomic_numbers=jnp.asarray(crystals.atomic_numbers, jnp.int32),
+    mask=jnp.asarray(crystals.mask, bool),
+    n_atoms=jnp.asarray(crystals.n_atoms, jnp.int32),
+  )
+
+
+def make_graph(
+  config: ml_collections.ConfigDict, crystals: Crystals, *, capacity: int
+) -> tuple[jraph.GraphsTuple, jax.Array]:
+  """The model's graph of a batch and the overflow flags ``[B]`` (jittable, ``capacity`` static)."""
+  return graphs.graph_from_crystals(
+    _cast(config, crystals),
+    cutoff=float(config.cutoff),
+    capacity=capacity,
+    images=int(config.max_images),
+    fictitious=fictitious_kind(config),
+  )
+
+
+def default_normalization(dtype=jnp.float32) -> dict[str, jax.Array]:
+  """Mean 0, std 1 in the stored shapes."""
+  return {
+    "force_mean": jnp.zeros((3,), dtype),
+    "force_std": jnp.ones((3,), dtype),
+    "stress_mean": jnp.zeros((3, 3), dtype),
+    "stress_std": jnp.ones((3, 3), dtype),
+  }
+
+
+def init(config: ml_collections.ConfigDict, rng: jax.Array, crystals: Crystals) -> dict:
+  """Random parameters and default normalisation (mean 0, std 1).
+
+  Args:
+    config: model config (validated here).
+    rng: PRNG key.
+    crystals: an example batch (only shapes matter; may be numpy).
+
+  Returns:
+    ``{'params': ..., 'normalization': {...}}``.
+  """
+  validate_config(config)
+  capacity = max(1, graphs.required_capacity(crystals, float(config.cutoff)))
+  graph, _ = jax.jit(make_graph, static_argnums=0, static_argnames="capacity")(
+    _frozen(config), crystals, capacity=capacity
+  )
+  params = jax.jit(network(config).init)(rng, graph)["params"]
+  return {"params": params, "normalization": default_normalization(jnp.dtype(config.dtype))}
+
+
+def _frozen(config):
+  return ml_collections.FrozenConfigDict(config)
+
+
+def set_normalization(variables: dict, *, force_mean, force_std, stress_mean, stress_std) -> dict:
+  """A copy of ``variables`` with new standardisation statistics.
+
+  Args:
+    force_mean, force_std: eV/Å, scalar or ``[3]`` (per Cartesian component).
+    stress_mean, stress_std: kBar, scalar or ``[3, 3]``.
+  """
+  dtype = variables["normalization"]["force_mean"].dtype
+  norm = {
+    "force_mean": jnp.broadcast_to(jnp.asarray(force_mean, dtype), (3,)),
+    "force_std": jnp.broadcast_to(jnp.asarray(force_std, dtype), (3,)),
+    "stress_mean": jnp.broadcast_to(jnp.asarray(stress_mean, dtype), (3, 3)),
+    "stress_std": jnp.broadcast_to(jnp.asarray(stress_std, dtype), (3, 3)),
+  }
+  if not all(bool(np.all(np.asarray(norm[k]) > 0)) for k in ("force_std", "stress_std")):
+    raise ValueError("normalisation std must be > 0")
+  return {**variables, "normalization": norm}
+
+
+def normalize_targets(variables: dict, forces: jax.Array, stress: jax.Array):
+  """Standardise targets: ``forces [B, N, 3]`` eV/Å, ``stress [B, 3, 3]`` kBar -> same shapes."""
+  n = variables["normalization"]
+  return (forces - n["force_mean"]) / n["force_std"], (stress - n["stress_mean"]) / n["stress_std"]
+
+
+def apply_graph(
+  config: ml_collections.ConfigDict, params, graph: jraph.GraphsTuple
+) -> tuple[jax.Array, jax.Array]:
+  """Standardised ``(forces [B, N, 3], stress [B, 3, 3])`` of a prebuilt graph."""
+  return network(config).apply({"params": params}, graph)
+
+
+def apply(
+  config: ml_collections.ConfigDict, variables: dict, crystals: Crystals, *, capacity: int
+) -> Prediction:
+  """Forces and stress of a batch (pure JAX; jit with ``static_argnames='capacity'``).
+
+  Args:
+    config: model config (closed over or static).
+    variables: from :func:`init` / :func:`set_normalization` / a saved model.
+    crystals: ``B`` structures, ``N`` slots.
+    capacity: neighbour edges per structure (static); see
+      :func:`crystal_search.graphs.required_capacity`.
+
+  Returns:
+    :class:`Prediction`.
+  """
+  graph, overflow = make_graph(config, crystals, capacity=capacity)
+  fn, sn = apply_graph(config, variables["params"], graph)
+  n = variables["normalization"]
+  mask = jnp.asarray(crystals.mask)[..., None]
+  real = (jnp.asarray(crystals.n_atoms) > 0)[:, None, None]
+  forces = jnp.where(mask, fn * n["force_std"] + n["force_mean"], 0.0)
+  stress = jnp.where(real, sn * n["stress_std"] + n["stress_mean"], 0.0)
+  return Prediction(
+    forces_normalized=fn,
+    stress_normalized=sn,
+    forces=forces,
+    stress=stress,
+    overflow=overflow,
+  )

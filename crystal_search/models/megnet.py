@@ -1,0 +1,219 @@
+"""MEGNet trunk (Chen et al. 2019) on the graphs of :mod:`crystal_search.graphs`.
+
+Each block updates edges from ``(e_ij, v_i, v_j, u)``, nodes from the mean of
+their incoming edges, ``v_i`` and ``u``, and the global state from the means of
+the *real* nodes and edges and ``u``; each update is a two-layer MLP of
+``config.width`` and is added to its input (MEGNet's residual connections).
+
+Fictitious nodes (planes or corners) never influence real atoms: their edges
+point only atom -> fictitious node (so no real atom aggregates them), and the
+global mean that feeds every atom leaves fictitious nodes and edges out.  They
+do read the atoms and the global state.
+
+Every array lives in a dense per-structure layout: the ``GraphsTuple`` of
+:func:`crystal_search.graphs.build_graph` has the same node and edge count per
+structure, so per-structure reductions are reshapes; node aggregation uses
+``jax.ops.segment_sum`` on global indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+from pymatgen.core import Element
+
+from crystal_search.errors import InputError
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """``'softplus'`` or ``'silu'``."""
+  return {"softplus": jax.nn.softplus, "silu": jax.nn.silu}[name]
+
+
+def element_table(elements: Sequence[str]) -> np.ndarray:
+  """Lookup ``[119]`` int32 from atomic number to embedding index (unknown -> 0)."""
+  table = np.zeros(119, np.int32)
+  for k, symbol in enumerate(elements):
+    table[Element(symbol).Z] = k
+  return table
+
+
+def check_elements(config, structures_or_numbers) -> None:
+  """Raise :class:`InputError` naming every element the model does not know.
+
+  Args:
+    config: model config (``config.elements``).
+    structures_or_numbers: pymatgen structures, a ``Crystals`` batch, or atomic
+      numbers (any int array; 0 = padding is ignored).
+  """
+  known = {Element(s).Z for s in config.elements}
+  numbers: set[int] = set()
+  if hasattr(structures_or_numbers, "atomic_numbers") and not isinstance(
+    structures_or_numbers, Iterable
+  ):
+    numbers = set(np.asarray(structures_or_numbers.atomic_numbers).ravel().tolist())
+  else:
+    items = structures_or_numbers
+    if isinstance(items, np.ndarray | jax.Array):
+      numbers = set(np.asarray(items).ravel().tolist())
+    else:
+      for item in items:
+        if hasattr(item, "atomic_numbers"):
+          numbers |= set(int(z) for z in item.atomic_numbers)
+        else:
+          numbers |= set(np.asarray(item).ravel().tolist())
+  unknown = sorted(int(z) for z in numbers - known - {0})
+  if unknown:
+    names = ", ".join(Element.from_Z(z).symbol for z in unknown)
+    raise InputError(
+      f"element(s) {names} not supported by the model (known: {', '.join(config.elements)})"
+    )
+
+
+class MLP(nn.Module):
+  """Dense layers with an activation after each (also the last, unless ``activate_last=False``)."""
+
+  widths: Sequence[int]
+  act: str = "softplus"
+  activate_last: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    f = activation(self.act)
+    for k, w in enumerate(self.widths):
+      x = nn.Dense(w, dtype=self.dtype, param_dtype=self.dtype)(x)
+      if self.activate_last or k < len(self.widths) - 1:
+        x = f(x)
+    return x
+
+
+def _per_graph_mean(x: jax.Array, mask: jax.Array, num_graphs: int) -> jax.Array:
+  """Mean over the masked rows of each graph: ``x [G*M, d]``, ``mask [G*M]`` -> ``[G, d]``."""
+  x = x.reshape(num_graphs, -1, x.shape[-1])
+  m = mask.reshape(num_graphs, -1, 1).astype(x.dtype)
+  return jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+class MEGNetBlock(nn.Module):
+  """One MEGNet block with residual connections (see module docstring)."""
+
+  width: int
+  act: str = "softplus"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+    self, v: jax.Array, e: jax.Array, u: jax.Array, graph: jraph.GraphsTuple
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    num_graphs = graph.n_node.shape[0]
+    num_nodes = v.shape[0]
+    node_mask = graph.nodes["mask"][:, None].astype(v.dtype)
+    edge_mask = graph.edges["mask"][:, None].astype(e.dtype)
+    u_nodes = jnp.repeat(u, num_nodes // num_graphs, axis=0)
+    u_edges = jnp.repeat(u, e.shape[0] // num_graphs, axis=0)
+    mlp = lambda: MLP((self.width, self.width), self.act, dtype=self.dtype)
+
+    e_in = jnp.concatenate([e, v[graph.receivers], v[graph.senders], u_edges], axis=-1)
+    e_new = mlp()(e_in) * edge_mask
+    summed = jax.ops.segment_sum(e_new, graph.receivers, num_segments=num_nodes)
+    degree = jax.ops.segment_sum(edge_mask, graph.receivers, num_segments=num_nodes)
+    agg = summed / jnp.maximum(degree, 1.0)
+    v_new = mlp()(jnp.concatenate([agg, v, u_nodes], axis=-1)) * node_mask
+    # The global state reads real atoms and real edges only.
+    v_mean = _per_graph_mean(v_new, graph.nodes["real"], num_graphs)
+    e_mean = _per_graph_mean(e_new, graph.edges["real"], num_graphs)
+    u_new = mlp()(jnp.concatenate([e_mean, v_mean, u], axis=-1))
+    u_new = u_new * graph.globals["mask"][:, None].astype(u.dtype)
+    return v + v_new, e + e_new, u + u_new
+
+
+class MEGNet(nn.Module):
+  """Embedding + ``num_blocks`` MEGNet blocks.
+
+  Attributes:
+    elements: element symbols (embedding indices follow this order).
+    num_fictitious: fictitious node kinds (3 or 0); each gets its own embedding.
+    plane_inputs: append the atom-plane distances (Å) to the atom inputs
+      (the ``'global'`` stress head of appendix 7.4).
+  """
+
+  elements: tuple[str, ...]
+  embed_dim: int = 16
+  num_blocks: int = 7
+  width: int = 64
+  act: str = "softplus"
+  num_fictitious: int = 3
+  plane_inputs: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns ``(nodes [V, width], edges [Ed, width], globals [B, width])``."""
+    num_graphs = graph.n_node.shape[0]
+    table = jnp.asarray(element_table(self.elements))
+    kind = graph.nodes["kind"]
+    index = jnp.where(
+      kind > 0,
+      len(self.elements) + kind - 1,
+      table[jnp.clip(graph.nodes["atomic_numbers"], 0, 118)],
+    )
+    v = nn.Embed(
+      len(self.elements) + self.num_fictitious,
+      self.embed_dim,
+      dtype=self.dtype,
+      param_dtype=self.dtype,
+    )(index)
+    if self.plane_inputs:
+      v = jnp.concatenate([v, graph.nodes["plane_distances"].astype(self.dtype)], axis=-1)
+    node_mask = graph.nodes["mask"][:, None].astype(self.dtype)
+    edge_mask = graph.edges["mask"][:, None].astype(self.dtype)
+    v = MLP((self.width,), self.act, dtype=self.dtype)(v) * node_mask
+    e = MLP((self.width,), self.act, dtype=self.dtype)(graph.edges["features"].astype(self.dtype))
+    e = e * edge_mask
+    u = jnp.zeros((num_graphs, self.width), self.dtype)  # global state starts at 0
+    for _ in range(self.num_blocks):
+      v, e, u = MEGNetBlock(self.width, self.act, self.dtype)(v, e, u, graph)
+    return v, e, u
+
+
+class Set2Set(nn.Module):
+  """Set2set readout (Vinyals et al. 2016) of ``x [G, M, d]`` with ``mask [G, M]`` -> ``[G, 2d]``."""
+
+  steps: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    g, _, d = x.shape
+    cell = nn.LSTMCell(features=d, dtype=self.dtype, param_dtype=self.dtype)
+    carry = (jnp.zeros((g, d), self.dtype), jnp.zeros((g, d), self.dtype))
+    q_star = jnp.zeros((g, 2 * d), self.dtype)
+    m = mask.astype(self.dtype)
+    for _ in range(self.steps):
+      carry, q = cell(carry, q_star)
+      logits = jnp.einsum("gmd,gd->gm", x, q)
+      logits = jnp.where(mask, logits, -1e9)
+      logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=1, keepdims=True))
+      w = jnp.exp(logits) * m
+      a = w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1e-30)
+      r = jnp.einsum("gm,gmd->gd", a, x)
+      q_star = jnp.concatenate([q, r], axis=-1)
+    return q_star
+
+
+def set2set_readout(
+  v: jax.Array, e: jax.Array, graph: jraph.GraphsTuple, *, steps: int, dtype
+) -> jax.Array:
+  """Set2set of the real nodes and of the real edges, per structure: ``[B, 4 * width]``."""
+  num_graphs = graph.n_node.shape[0]
+  vs = v.reshape(num_graphs, -1, v.shape[-1])
+  es = e.reshape(num_graphs, -1, e.shape[-1])
+  node_part = Set2Set(steps, dtype)(vs, graph.nodes["real"].reshape(num_graphs, -1))
+  edge_part = Set2Set(steps, dtype)(es, graph.edges["real"].reshape(num_graphs, -1))
+  return jnp.concatenate([node_part, edge_part], axis=-1)
