@@ -184,6 +184,7 @@ def run_job(
     return metadata
   settings = dict(relax_settings)
   settings["trajectory_every"] = 1
+  metadata["relax_config"] = _resolved_relax_config(settings, relax_fn)
   (result,) = relax_fn([structure], force_field, **settings)
   n = len(structure)
   numbers = np.asarray(structure.atomic_numbers, np.int32)
@@ -212,6 +213,24 @@ def run_job(
   out.metadata = metadata
   out.save(job.path(output_dir))
   return metadata
+
+
+def _resolved_relax_config(settings: dict, relax_fn) -> dict | None:
+  """The relaxer's full settings (defaults + overrides) and a hash of its source, if known."""
+  import hashlib
+  import inspect
+
+  try:
+    from crystal_search import relax
+
+    if relax_fn is not None and relax_fn is not relax.relax_structures:
+      return None
+    cfg = relax.make_config(None, **settings).to_dict()
+    source = inspect.getsource(relax)
+    cfg["relax_source_sha256"] = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return cfg
+  except Exception:  # noqa: BLE001 - provenance only; never fail a relaxation over it
+    return None
 
 
 def read_metadata(path: str) -> dict:
