@@ -29,12 +29,29 @@ flags.DEFINE_list("fractions", ["0.8", "0.1", "0.1"], "Train/val/test trajectory
 flags.DEFINE_integer("seed", 0, "Split seed.")
 flags.DEFINE_list("holdout", ["Li15Si4"], "Stoichiometries held out entirely.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool(
+  "md", False, "Input holds MD frame files (<input>/*.npz): split each run by time instead."
+)
 
 
 def main(argv: list[str]) -> None:
   del argv
   if not os.path.isdir(FLAGS.input):
     raise InputError(f"--input {FLAGS.input}: no such folder")
+  if FLAGS.md:
+    md_paths = sorted(glob.glob(os.path.join(FLAGS.input, "*.npz")))
+    fractions = tuple(float(x) for x in FLAGS.fractions)
+    manifest = sampling.build_md_dataset(
+      md_paths,
+      FLAGS.output,
+      fractions=fractions,
+      holdout=tuple(FLAGS.holdout),
+      source=os.path.abspath(FLAGS.input),
+    )
+    for formula, row in manifest["per_stoichiometry"].items():
+      print(formula, row)
+    print(f"wrote {FLAGS.output}/manifest.json")
+    return
   paths = sorted(glob.glob(os.path.join(FLAGS.input, "*", "*.npz")))
   if not paths:
     raise InputError(f"--input {FLAGS.input}: no relaxation files (<Formula>/*.npz)")

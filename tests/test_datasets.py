@@ -338,3 +338,23 @@ def test_md_supercells_and_nvt_frames():
   np.testing.assert_array_equal(again.positions, frames.positions)
   dedup = md.run_nvt(small, calc, steps=6, sample_every=1, timestep_fs=0.05, seed=1, stol=0.05)
   assert len(dedup) < 7
+
+
+def test_md_dataset_split_by_time(tmp_path):
+  runs = []
+  for i, formula in enumerate(["LiSi", "Li13Si4", "Li15Si4"]):
+    t = _trajectory([1.0] * 20, name=f"{formula}_md", formula=formula, seed=i)
+    p = str(tmp_path / "md" / f"{formula}_md_0.npz")
+    t.save(p)
+    runs.append(p)
+  manifest = sampling.build_md_dataset(runs, str(tmp_path / "ds"))
+  assert set(manifest["per_stoichiometry"]) == {"LiSi", "Li13Si4"}
+  assert manifest["per_stoichiometry"]["LiSi"] == {
+    "runs": 1,
+    "frames_train": 16,
+    "frames_val": 2,
+    "frames_test": 2,
+  }
+  train = frames_lib.load(str(tmp_path / "ds" / "train.npz"))
+  test = frames_lib.load(str(tmp_path / "ds" / "test.npz"))
+  assert train.step.max() < test.step.min()  # test frames come after the training frames

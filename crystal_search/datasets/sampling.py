@@ -264,3 +264,55 @@ def build_dataset(
     json.dump(manifest, f, indent=2)
   os.replace(tmp, os.path.join(output_dir, "manifest.json"))
   return manifest
+
+
+def build_md_dataset(
+  paths: Sequence[str],
+  output_dir: str,
+  *,
+  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+  holdout: Sequence[str] = ("Li15Si4",),
+  source: str = "",
+) -> dict:
+  """Split MD frame files into train/val/test by time: the first 80 % of each run's frames
+  train, the next 10 % validate, the last 10 % test (neighbouring MD frames are correlated, so
+  a random frame split would leak).  Runs of held-out stoichiometries are left out.
+
+  Writes ``train.npz``, ``val.npz``, ``test.npz`` and ``manifest.json``; returns the manifest.
+  """
+  if not paths:
+    raise InputError("no MD frame files to build a dataset from")
+  total = float(sum(fractions))
+  if total <= 0 or any(f < 0 for f in fractions):
+    raise InputError(f"split fractions {tuple(fractions)}: must be non-negative, not all zero")
+  collector = _Collector()
+  per: dict[str, dict] = defaultdict(lambda: {"runs": 0, **{f"frames_{s}": 0 for s in SPLITS}})
+  for path in paths:
+    frames = frames_lib.load(path)
+    formula = _formula_of(frames)
+    if formula in set(holdout) or len(frames) == 0:
+      continue
+    per[formula]["runs"] += 1
+    order = np.argsort(frames.step, kind="stable")
+    edges = np.round(np.cumsum(fractions) / total * len(order)).astype(int)
+    start = 0
+    for split, end in zip(SPLITS, edges):
+      per[formula][f"frames_{split}"] += collector.add(split, frames, order[start:end])
+      start = end
+  os.makedirs(output_dir, exist_ok=True)
+  files = {}
+  for key in SPLITS:
+    path = os.path.join(output_dir, f"{key}.npz")
+    meta = {"set": key, "source": source, "split": "by time within each MD run"}
+    files[key] = {"path": os.path.basename(path), "frames": collector.save(key, path, meta)}
+  manifest = {
+    "kind": "md",
+    "fractions": list(fractions),
+    "holdout": list(holdout),
+    "source": source,
+    "files": files,
+    "per_stoichiometry": {k: dict(v) for k, v in sorted(per.items())},
+  }
+  with open(os.path.join(output_dir, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=2)
+  return manifest
