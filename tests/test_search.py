@@ -1,0 +1,139 @@
+"""The search pipeline end to end on a cheap force field, its report, and its bad-input errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pymatgen.core import Structure
+
+from crystal_search import search
+from crystal_search.errors import InputError
+from crystal_search.force_fields.analytic import morse
+
+
+@pytest.fixture(scope="module")
+def morse_ff():
+  return morse(sigma=2.6, epsilon=0.3, alpha=1.4, elements=("Li", "Si"))
+
+
+def _config(**kw):
+  c = search.get_search_config()
+  c.composition = "LiSi"
+  c.num_structures = 6
+  c.max_atoms = 8
+  c.max_steps = 150
+  c.chunk_size = 4
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+def test_search_writes_a_consistent_report(tmp_path, morse_ff):
+  out = str(tmp_path / "run")
+  result = search.run_search(_config(), force_field=morse_ff, output_dir=out, progress=False)
+  with open(os.path.join(out, "summary.json")) as f:
+    summary = json.load(f)
+  totals = summary["totals"]
+  assert totals["generated"] == 6 and totals["relaxed"] == 6
+  assert totals["converged"] + totals["failed"] <= totals["relaxed"]
+  rows = summary["structures"]
+  assert len(rows) == totals["unique"] >= 1
+  assert sum(r["count"] for r in rows) == totals["relaxed"] - totals["failed"]
+  energies = [r["energy_per_atom"] for r in rows]
+  assert energies == sorted(energies)
+  assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+  for r in rows:
+    s = Structure.from_file(os.path.join(out, r["cif"]))
+    assert s.composition.reduced_formula == "LiSi"
+    assert r["volume_per_atom"] == pytest.approx(s.volume / len(s), rel=1e-3)
+    assert {"formula", "space_group", "known_phase", "delta_energy_per_atom"} <= set(r)
+  # Group representatives are the lowest-energy members; rank 1 is the best candidate overall.
+  best = min(c.energy_per_atom for c in result.candidates)
+  assert rows[0]["energy_per_atom"] == pytest.approx(best)
+  assert os.path.getsize(os.path.join(out, "energy_volume.png")) > 1000
+  md = open(os.path.join(out, "summary.md")).read()
+  assert "| rank |" in md and "LiSi" in md
+  assert set(totals["wall_time_s"]) >= {"generate", "relax", "dedupe", "report", "total"}
+
+
+def test_same_seed_same_result(tmp_path, morse_ff):
+  a = search.run_search(
+    _config(), force_field=morse_ff, output_dir=str(tmp_path / "a"), progress=False
+  )
+  b = search.run_search(
+    _config(), force_field=morse_ff, output_dir=str(tmp_path / "b"), progress=False
+  )
+  np.testing.assert_allclose(
+    [r["energy_per_atom"] for r in a.rows], [r["energy_per_atom"] for r in b.rows], rtol=1e-6
+  )
+
+
+def test_refuses_another_run_unless_overwrite(tmp_path, morse_ff):
+  out = str(tmp_path / "run")
+  search.run_search(_config(num_structures=2), force_field=morse_ff, output_dir=out, progress=False)
+  with pytest.raises(InputError, match="holds another run"):
+    search.run_search(
+      _config(num_structures=2), force_field=morse_ff, output_dir=out, progress=False
+    )
+  search.run_search(
+    _config(num_structures=2), force_field=morse_ff, output_dir=out, overwrite=True, progress=False
+  )
+
+
+@pytest.mark.parametrize(
+  "composition,pattern",
+  [
+    ("Xx2", "Xx"),
+    ("Li0Si", "Li0Si|zero|positive"),
+    ("H2O", "H|not supported"),
+    ("", "empty|composition"),
+  ],
+)
+def test_bad_compositions(tmp_path, morse_ff, composition, pattern):
+  with pytest.raises(InputError, match=pattern):
+    search.run_search(
+      _config(composition=composition), force_field=morse_ff, output_dir=str(tmp_path / "x")
+    )
+
+
+def test_bad_numbers(tmp_path, morse_ff):
+  with pytest.raises(InputError, match="num_structures"):
+    search.run_search(_config(num_structures=0), force_field=morse_ff, output_dir=str(tmp_path))
+
+
+def _cli(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.cli", "search", *args],
+    capture_output=True,
+    text=True,
+    check=False,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+  out = _cli("--composition=Xx2", f"--output_dir={tmp_path}/o", "--force_field=meam", "--quiet")
+  assert out.returncode == 1
+  assert out.stderr.strip().startswith("error:") and len(out.stderr.strip().splitlines()) == 1
+  out = _cli("--composition=LiSi", f"--output_dir={tmp_path}/o", "--num_structures=-3", "--quiet")
+  assert out.returncode == 1 and "num_structures" in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.meam
+def test_cli_search_with_meam(tmp_path):
+  out = _cli(
+    "--composition=LiSi",
+    "--num_structures=3",
+    "--max_atoms=8",
+    "--max_steps=60",
+    f"--output_dir={tmp_path}/o",
+    "--force_field=meam",
+    "--quiet",
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  summary = json.load(open(tmp_path / "o" / "summary.json"))
+  assert summary["totals"]["generated"] == 3
