@@ -1,0 +1,145 @@
+r"""The paper's evaluation of one model (or baseline): ``crystal-search evaluate --workdir=DIR``.
+
+Writes ``eval.json`` and ``eval.md`` (into the workdir, or ``--output_dir``):
+
+* force MAE (eV/Å) and stress MAE (kBar) on the test frames and the held-out frames;
+* relaxed-structure match and matches in trajectory on whole test / held-out trajectories,
+  simulated through our relaxer with the teacher's settings for the teacher's number of steps;
+* Li15Si4 holdout: how many teacher trajectories end in the experimental structure
+  (bundled ``Li15Si4_mp-569849.cif``) and how many of those the model reproduces.
+
+Baselines use the same code: ``--force_field=meam`` (2NN MEAM) or ``--model=DIR`` for any saved
+model (an energy model is differentiated by finite differences unless ``--derivative=autodiff``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import flags
+
+from crystal_search.errors import InputError
+from experiments.common import run
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (model/ and run.json).")
+_MODEL = flags.DEFINE_string("model", None, "Model directory (default: WORKDIR/model).")
+_DATASET = flags.DEFINE_string("dataset", None, "Dataset directory (default: from run.json).")
+_FORCE_FIELD = flags.DEFINE_enum(
+  "force_field", "model", ["model", "meam", "chgnet"], "What is evaluated."
+)
+_DERIVATIVE = flags.DEFINE_enum(
+  "derivative", None, ["fd", "autodiff"], "Energy models: forces/stress by FD or autodiff."
+)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where eval.json/eval.md go.")
+_MAX_TRAJ = flags.DEFINE_integer("max_trajectories", None, "Evaluate only the first N.")
+_NAME = flags.DEFINE_string("name", None, "Row name in the results tables.")
+_QUIET = flags.DEFINE_boolean("quiet", False, "No progress bars.")
+
+
+def _dataset_path() -> str:
+  if _DATASET.value:
+    return _DATASET.value
+  if not _WORKDIR.value:
+    raise InputError("pass --workdir=DIR (a training run) or --dataset=DIR")
+  run_file = os.path.join(_WORKDIR.value, "run.json")
+  if not os.path.exists(run_file):
+    raise InputError(f"{run_file}: no such file (is --workdir a training run?)")
+  with open(run_file) as f:
+    return json.load(f)["config"]["data"]["path"]
+
+
+def _force_field():
+  if _FORCE_FIELD.value == "meam":
+    from crystal_search.force_fields.lammps_meam import MEAMForceField
+
+    return MEAMForceField()
+  if _FORCE_FIELD.value == "chgnet":
+    from crystal_search.force_fields.chgnet import CHGNetForceField
+
+    return CHGNetForceField()
+  from crystal_search.force_fields import model as model_ff
+
+  path = _MODEL.value or (os.path.join(_WORKDIR.value, "model") if _WORKDIR.value else None)
+  if not path or not os.path.isdir(path):
+    raise InputError(f"{path}: no model directory (pass --workdir or --model)")
+  return model_ff.from_directory(path, derivative=_DERIVATIVE.value)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from crystal_search import evaluation, metrics
+  from crystal_search.datasets import frames as frames_lib
+
+  dataset = _dataset_path()
+  if not os.path.isdir(dataset):
+    raise InputError(f"{dataset}: no dataset directory")
+  force_field = _force_field()
+  out_dir = _OUTPUT_DIR.value or _WORKDIR.value
+  if not out_dir:
+    raise InputError("pass --output_dir (or --workdir)")
+  os.makedirs(out_dir, exist_ok=True)
+
+  def maybe(name):
+    path = os.path.join(dataset, f"{name}.npz")
+    return frames_lib.load(path) if os.path.exists(path) else None
+
+  reference = metrics.load_reference_phases()
+  li15si4 = next((s for n, s in reference.items() if n.startswith("Li15Si4")), None)
+  report: dict = {
+    "name": _NAME.value or getattr(force_field, "name", _FORCE_FIELD.value),
+    "dataset": os.path.abspath(dataset),
+  }
+  t0 = time.perf_counter()
+  for split, traj_split in (("test", "test_trajectories"), ("holdout", "holdout_trajectories")):
+    entry: dict = {}
+    frames = maybe(split)
+    if frames is not None and len(frames):
+      errors = evaluation.frame_errors(force_field, frames)
+      entry.update(force_mae=errors["force_mae"], stress_mae=errors["stress_mae"])
+      entry["frames"] = errors["frames"]
+    trajectories = maybe(traj_split)
+    if trajectories is not None and len(trajectories):
+      scores = evaluation.trajectory_scores(
+        force_field,
+        trajectories,
+        max_trajectories=_MAX_TRAJ.value,
+        progress=not _QUIET.value,
+      )
+      entry.update(scores)
+      if split == "holdout" and li15si4 is not None:
+        entry.update(evaluation.experimental_recovery(force_field, trajectories, li15si4))
+    report[split] = entry
+  report["wall_time_s"] = time.perf_counter() - t0
+  with open(os.path.join(out_dir, "eval.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  lines = [f"# Evaluation: {report['name']}", "", f"dataset: `{report['dataset']}`", ""]
+  lines += ["| split | force MAE (eV/Å) | stress MAE (kBar) | relaxed match | trajectory match |"]
+  lines += ["|---|---:|---:|---:|---:|"]
+  for split in ("test", "holdout"):
+    e = report.get(split, {})
+
+    def fmt(key, e=e):
+      v = e.get(key)
+      return "–" if v is None else f"{v:.4g}"
+
+    lines.append(
+      f"| {split} | {fmt('force_mae')} | {fmt('stress_mae')} | {fmt('relaxed_match')} | "
+      f"{fmt('trajectory_match')} |"
+    )
+  h = report.get("holdout", {})
+  if "experimental_in_teacher" in h:
+    lines += [
+      "",
+      f"Li15Si4 experimental structure: teacher found it in {h['experimental_in_teacher']} "
+      f"trajectories; the model reproduces {h['experimental_found']} of them.",
+    ]
+  with open(os.path.join(out_dir, "eval.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  run(main)

@@ -1,0 +1,70 @@
+"""The paper's evaluation metrics over a force field: a teacher scored against itself is perfect."""
+
+import numpy as np
+import pytest
+
+from crystal_search import compositions, evaluation, random_structures, relax
+from crystal_search.datasets import frames as frames_lib
+from crystal_search.force_fields.analytic import morse
+
+
+def _teacher():
+  return morse(sigma=2.6, epsilon=0.3, alpha=1.4, elements=("Li", "Si"))
+
+
+@pytest.fixture(scope="module")
+def teacher_trajectories():
+  structures = random_structures.generate(
+    compositions.parse_composition("LiSi"), 4, seed=3, max_atoms=8
+  )
+  results = relax.relax_structures(
+    structures, _teacher(), trajectory_every=1, max_steps=20, fmax=1e-9, smax=1e-9
+  )
+  items = []
+  for t, r in enumerate(results):
+    tr = r.trajectory
+    numbers = np.asarray(r.final.atomic_numbers)
+    for k in range(len(tr["positions"])):
+      items.append(
+        dict(
+          numbers=numbers,
+          positions=tr["positions"][k],
+          forces=tr["forces"][k],
+          lattice=tr["lattice"][k],
+          stress=tr["stress"][k],
+          energy=tr["energy"][k],
+          trajectory=t,
+          step=k,
+        )
+      )
+  return frames_lib.from_arrays(items, trajectory_names=[f"t{k}" for k in range(len(results))])
+
+
+def test_teacher_scores_perfectly_against_itself(teacher_trajectories):
+  errors = evaluation.frame_errors(_teacher(), teacher_trajectories)
+  assert errors["force_mae"] < 1e-4 and errors["stress_mae"] < 1e-2
+  scores = evaluation.trajectory_scores(_teacher(), teacher_trajectories)
+  assert scores["trajectories"] == 4
+  assert scores["relaxed_match"] == 1.0 and scores["trajectory_match"] == 1.0
+
+
+def test_a_different_potential_scores_worse(teacher_trajectories):
+  other = morse(sigma=3.1, epsilon=0.3, alpha=1.4, elements=("Li", "Si"))
+  errors = evaluation.frame_errors(other, teacher_trajectories)
+  assert errors["force_mae"] > 0.01
+  scores = evaluation.trajectory_scores(other, teacher_trajectories)
+  assert scores["trajectory_match"] < 1.0
+
+
+def test_experimental_recovery_counts_teacher_hits(teacher_trajectories):
+  last = teacher_trajectories.structure(
+    int(evaluation.split_trajectories(teacher_trajectories)[0][-1])
+  )
+  found = evaluation.experimental_recovery(_teacher(), teacher_trajectories, last)
+  assert found["experimental_in_teacher"] >= 1
+  assert found["experimental_found"] == found["experimental_in_teacher"]
+
+
+def test_summarize_seeds():
+  s = evaluation.summarize_seeds([0.1, 0.3])
+  assert s["mean"] == pytest.approx(0.2) and s["std"] == pytest.approx(0.1) and s["n"] == 2
