@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +23,8 @@ SIGMA, EPS = 2.0, 0.1
 R_ONSET, R_CUT = 2.0 * SIGMA, 2.5 * SIGMA
 # Three images per axis suffice for these cells (no overflow retries except where tested).
 LJ = analytic.lennard_jones(sigma=SIGMA, epsilon=EPS, images=3)
-TIGHT = dict(fmax=1e-3, smax=0.02, max_steps=400)
+# One setting for most tests, so that they share compiled chunk functions.
+TIGHT = dict(fmax=1e-3, smax=0.02, max_steps=400, trajectory_every=1)
 
 
 def _lj_numpy(r):
@@ -149,7 +153,7 @@ def test_padded_mixed_sizes_equal_each_alone():
     _perturbed_fcc(3, supercell=(3, 1, 1)),
   ]
   # Force all into one padded 16-slot batch, then each alone in the same bucket.
-  settings = dict(fmax=5e-3, smax=0.5, max_steps=120, trajectory_every=1)
+  settings = TIGHT
   together = relax.relax_structures(structures, LJ, **settings)
   for s, r in zip(structures, together):
     (alone,) = relax.relax_structures([s], LJ, **settings)
@@ -161,7 +165,7 @@ def test_padded_mixed_sizes_equal_each_alone():
 
 def test_host_path_gives_the_jitted_trajectory():
   structures = [_perturbed_fcc(4), _perturbed_fcc(5, supercell=(2, 1, 1))]
-  settings = dict(fmax=5e-3, smax=0.5, max_steps=60, trajectory_every=1)
+  settings = dict(TIGHT, max_steps=60)
   jit_res = relax.relax_structures(structures, LJ, **settings)
   host_res = relax.relax_structures(structures, NumpyForceField(LJ), **settings)
   for a, b in zip(jit_res, host_res):
@@ -177,11 +181,11 @@ def test_trajectory_every_k_and_extxyz(tmp_path):
 
   from crystal_search import units
 
-  (r,) = relax.relax_structures([_perturbed_fcc(6)], LJ, trajectory_every=3, **TIGHT)
+  (r,) = relax.relax_structures([_perturbed_fcc(6)], LJ, **dict(TIGHT, trajectory_every=3))
   t = r.trajectory
   assert t["positions"].shape == (r.steps // 3 + 1, 4, 3)
   np.testing.assert_array_equal(t["step"], np.arange(len(t["step"])) * 3)
-  (r1,) = relax.relax_structures([_perturbed_fcc(6)], LJ, trajectory_every=1, **TIGHT)
+  (r1,) = relax.relax_structures([_perturbed_fcc(6)], LJ, **TIGHT)
   np.testing.assert_allclose(t["lattice"], r1.trajectory["lattice"][::3], atol=1e-5)
   path = str(tmp_path / "t.extxyz")
   relax.write_trajectory(r1, path)
@@ -205,3 +209,150 @@ def test_config_validation():
     relax.make_config(min_distance=1.0, min_cell_height=1.5)
   c = relax.make_config({"potim": 0.2}, fmax=1)
   assert c.potim == 0.2 and c.fmax == 1.0 and c.smass == 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PoisonedForceField:
+  """Jittable: LJ, but NaN forces for structures holding krypton once their volume shrinks."""
+
+  inner: object
+  volume_below: float
+  name: str = "poisoned"
+  elements: tuple | None = None
+  jittable: bool = True
+
+  def __call__(self, crystals):
+    out = self.inner(crystals)
+    poisoned = jnp.any(crystals.atomic_numbers == 36, axis=-1)
+    poisoned = poisoned & (jnp.abs(crystals.volume()) < self.volume_below)
+    forces = jnp.where(poisoned[:, None, None], jnp.nan, out.forces)
+    return out.replace(forces=forces)
+
+  def grow(self):
+    return dataclasses.replace(self, inner=self.inner.grow())
+
+
+def test_failures_are_flagged_and_the_batch_is_unaffected():
+  good = [_perturbed_fcc(10), _perturbed_fcc(11, supercell=(2, 1, 1))]
+  # Expanded by 4 %: relaxing shrinks it (to 0.889 V0 at step 1, 0.887 V0 at step 2) and
+  # crosses the poisoning volume mid-run.
+  kr = _perturbed_fcc(12, a=3.1 * 1.04, displacement=0.05, strain=0.0)
+  kr.replace_species({"Ar": "Kr"})
+  overlap = _perturbed_fcc(13)
+  overlap.translate_sites([1], overlap[0].coords - overlap[1].coords + 0.2, frac_coords=False)
+  assert overlap.distance_matrix[0, 1] < 0.4
+  ff = PoisonedForceField(LJ, volume_below=0.888 * kr.volume)
+  settings = TIGHT
+  results = relax.relax_structures([good[0], kr, overlap, good[1]], ff, **settings)
+  r_good0, r_kr, r_overlap, r_good1 = results
+  assert r_kr.failed and r_kr.failure_reason == "nan" and not r_kr.converged
+  assert 0 < r_kr.steps < 100
+  # Frozen at its last good configuration, with finite forces.
+  assert r_kr.final.volume >= ff.volume_below * 0.999 and np.all(np.isfinite(r_kr.forces))
+  assert r_overlap.failed and r_overlap.failure_reason == "overlap" and r_overlap.steps == 0
+  alone = relax.relax_structures(good, ff, **settings)
+  for r, a in zip((r_good0, r_good1), alone):
+    assert r.converged and not r.failed and r.steps == a.steps
+    np.testing.assert_allclose(r.trajectory["positions"], a.trajectory["positions"], atol=1e-5)
+
+
+def test_volume_and_cell_collapse_failures():
+  s = _perturbed_fcc(14, a=3.1 * 1.05, displacement=0.02, strain=0.0)
+  # Relaxed, it would shrink to 0.86 V0; with 1 % strain steps it crosses 0.9 V0 mid-run.
+  (r,) = relax.relax_structures([s], LJ, max_strain=0.01, min_volume_ratio=0.9, **TIGHT)
+  assert r.failed and r.failure_reason == "volume" and r.steps > 2
+  assert r.final.volume >= 0.9 * s.volume * (1 - 1e-5)
+  (r,) = relax.relax_structures([s], LJ, min_cell_height=3.3, **TIGHT)
+  assert r.failed and r.failure_reason == "cell_collapse" and r.steps == 0
+
+
+def test_converged_structures_stay_fixed_while_others_move():
+  (relaxed,) = relax.relax_structures([_perturbed_fcc(15)], LJ, **TIGHT)
+  assert relaxed.converged
+  from crystal_search.crystals import from_structures
+
+  c = from_structures([relaxed.final, _perturbed_fcc(16)], max_atoms=8)
+  c = jax.tree_util.tree_map(jnp.asarray, c)
+  init_fn, apply_fn = relax.damped_dynamics(LJ, potim=0.4, smass=2.0, fmax=1e-3, smax=0.02)
+  state = init_fn(c)
+  apply_fn = jax.jit(apply_fn)
+  for _ in range(10):
+    state = apply_fn(state)
+  assert bool(state.converged[0]) and int(state.step[0]) == 0
+  np.testing.assert_array_equal(state.crystals.positions[0], c.positions[0])
+  np.testing.assert_array_equal(state.crystals.lattice[0], c.lattice[0])
+  assert int(state.step[1]) == 10
+  assert np.max(np.abs(state.crystals.positions[1] - c.positions[1])) > 1e-3
+
+
+def test_in_flight_batching_equals_one_big_batch_without_recompiling():
+  structures = [_perturbed_fcc(20 + k, displacement=0.05 + 0.02 * k) for k in range(8)]
+  ff = analytic.lennard_jones(sigma=SIGMA, epsilon=EPS, images=3)  # fresh: not in the jit cache
+  settings = dict(TIGHT, trajectory_every=2)
+  big = relax.relax_structures(structures, ff, batch_size=8, **settings)
+  stats = {}
+  small = relax.relax_structures(
+    structures, ff, batch_size=3, chunk_steps=7, stats=stats, **settings
+  )
+  assert stats["batch_sizes"] == {8: 3}
+  assert stats["chunks"] > 5 and stats["compiles"] == 1
+  for a, b in zip(big, small):
+    assert a.steps == b.steps and a.converged and b.converged
+    np.testing.assert_allclose(a.final.lattice.matrix, b.final.lattice.matrix, atol=1e-5)
+    np.testing.assert_allclose(a.trajectory["positions"], b.trajectory["positions"], atol=1e-5)
+
+
+def test_overflow_grows_the_force_field_and_reruns():
+  small = analytic.lennard_jones(sigma=SIGMA, epsilon=EPS, images=1)
+  stats = {}
+  structures = [_perturbed_fcc(30), _perturbed_fcc(31)]
+  grown = relax.relax_structures(structures, small, stats=stats, **TIGHT)
+  assert stats["retries"] == 2 and stats["force_field"].images == 3
+  ref = relax.relax_structures(structures, LJ, **TIGHT)
+  for a, b in zip(grown, ref):
+    assert a.steps == b.steps
+    np.testing.assert_allclose(a.final.lattice.matrix, b.final.lattice.matrix, atol=1e-5)
+
+
+def test_unsupported_element_is_an_input_error():
+  ff = dataclasses.replace(LJ, elements=("Ar",))
+  s = _perturbed_fcc(0)
+  s.replace_species({"Ar": "Ne"})
+  with pytest.raises(InputError, match="Ne"):
+    relax.relax_structures([s], ff)
+
+
+_SHARDING_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {tests!r})
+from test_relax import LJ, TIGHT, _perturbed_fcc
+from crystal_search import relax
+structures = [_perturbed_fcc(40 + k, supercell=(1 + k % 2, 1, 1)) for k in range(6)]
+stats4, stats1 = {{}}, {{}}
+r4 = relax.relax_structures(structures, LJ, stats=stats4, **TIGHT)
+r1 = relax.relax_structures(structures, LJ, num_devices=1, stats=stats1, **TIGHT)
+print(json.dumps(dict(
+  devices=jax.device_count(), batch4=stats4["batch_sizes"], batch1=stats1["batch_sizes"],
+  steps4=[r.steps for r in r4], steps1=[r.steps for r in r1],
+  lat=float(max(np.abs(a.final.lattice.matrix - b.final.lattice.matrix).max() for a, b in zip(r4, r1))),
+  traj=float(max(np.abs(a.trajectory["positions"] - b.trajectory["positions"]).max() for a, b in zip(r4, r1))),
+)))
+"""
+
+
+@pytest.mark.slow
+def test_four_device_sharding_equals_one_device():
+  import json
+
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  script = _SHARDING_SCRIPT.format(tests=os.path.dirname(__file__))
+  out = subprocess.run(
+    [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  got = json.loads(out.stdout.strip().splitlines()[-1])
+  assert got["devices"] == 4
+  assert all(b % 4 == 0 for b in got["batch4"].values())
+  assert got["steps4"] == got["steps1"]
+  assert got["lat"] < 1e-4 and got["traj"] < 1e-4
