@@ -1,0 +1,168 @@
+r"""Results tables in the layout of the paper's Tables 1, 2, 3 and 5, from evaluated run directories.
+
+    python -m experiments.make_tables --runs=runs/gnn_noise0.01_s0,runs/gnn_noise0.01_s1,... \
+        --output_dir=experiments/results
+
+Each run directory holds ``eval.json`` (written by ``crystal-search evaluate``) and, for trained
+models, ``run.json`` (config). Rows are keyed by a row name: ``--row_names`` gives one per run, else
+it is derived from the config (``GNN noise=0.01``, ``energy GNN``, ``GNN (MD data)``,
+``GNN stress=global``...); runs that share a row name are seeds of one row and are summarised as
+mean and standard deviation. Writes ``summary.json`` and ``tables.md`` with the paper's numbers
+side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections import defaultdict
+
+from absl import flags
+
+from crystal_search.errors import InputError
+from crystal_search.evaluation import summarize_seeds
+from experiments.common import run
+
+_RUNS = flags.DEFINE_list("runs", [], "Run directories with eval.json.")
+_ROW_NAMES = flags.DEFINE_list("row_names", [], "Row name per run (default: from run.json).")
+_OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where summary.json goes.")
+
+#: The paper's numbers (Cheon et al. 2020), for side-by-side comparison. DFT (VASP PBE) teacher.
+PAPER = {
+  "table1": {
+    "GNN noise=0": (0.033, 1.05, 0.40, 0.65),
+    "GNN noise=0.01": (0.031, 0.98, 0.42, 0.67),
+    "GNN noise=0.02": (0.032, 1.01, 0.43, 0.67),
+    "GNN noise=0.03": (0.034, 1.06, 0.42, 0.66),
+    "MEAM": (0.55, 9.11, 0.18, 0.39),
+  },
+  "table2": {
+    "GNN (MD data) on MD": (0.067, 1.63),
+    "GNN (MD data)": (0.61, 32.3),
+    "energy GNN": (0.24, 18.7),
+    "MEAM": (0.55, 9.11),
+  },
+  "table3": {
+    "GNN noise=0": (0.35, 0.64, "2/3"),
+    "GNN noise=0.01": (0.38, 0.66, "2/3"),
+    "GNN noise=0.02": (0.39, 0.67, "2/3"),
+    "GNN noise=0.03": (0.39, 0.66, "2/3"),
+    "MEAM": (0.19, 0.39, "0/3"),
+  },
+  "table5": {
+    "GNN stress=corner": (0.03, 3.09, 0.15, 0.34),
+    "GNN stress=plane": (0.03, 1.05, 0.41, 0.66),
+    "GNN stress=global": (0.04, 0.96, 0.36, 0.61),
+    "MEAM": (0.55, 9.11, 0.23, 0.39),
+  },
+}
+METRICS = ("force_mae", "stress_mae", "relaxed_match", "trajectory_match")
+
+
+def row_name(run_dir: str, report: dict) -> str:
+  """A row name from the run's config (or the evaluated force field's name)."""
+  run_file = os.path.join(run_dir, "run.json")
+  if not os.path.exists(run_file):
+    return "MEAM" if "meam" in str(report.get("name", "")).lower() else str(report.get("name"))
+  with open(run_file) as f:
+    config = json.load(f)["config"]
+  if config.get("model_kind") == "energy":
+    return "energy GNN"
+  data_path = str(config.get("data", {}).get("path", ""))
+  if "md" in os.path.basename(data_path.rstrip("/")):
+    return "GNN (MD data)"
+  head = config.get("model", {}).get("stress_head", "plane")
+  if head != "plane":
+    return f"GNN stress={head}"
+  return f"GNN noise={config.get('augment', {}).get('noise_std', 0)}"
+
+
+def summarize(runs: list[tuple[str, dict]]) -> dict:
+  """``{row: {metric: {mean, std, n}, holdout: {...}}}`` over the runs (seeds) of each row."""
+  grouped: dict[str, list[dict]] = defaultdict(list)
+  for name, report in runs:
+    grouped[name].append(report)
+  out = {}
+  for name, reports in grouped.items():
+    row = {m: summarize_seeds([r.get("test", {}).get(m) for r in reports]) for m in METRICS}
+    hold = {m: summarize_seeds([r.get("holdout", {}).get(m) for r in reports]) for m in METRICS}
+    for key in ("experimental_found", "experimental_in_teacher"):
+      values = [r.get("holdout", {}).get(key) for r in reports]
+      hold[key] = summarize_seeds(values)
+    row["holdout"] = hold
+    row["seeds"] = len(reports)
+    row["wall_time_s"] = sum(float(r.get("wall_time_s", 0.0)) for r in reports)
+    out[name] = row
+  return out
+
+
+def _fmt(entry: dict | None) -> str:
+  if not entry or entry.get("n", 0) == 0 or entry["mean"] != entry["mean"]:
+    return "–"
+  return f"{entry['mean']:.3g} ({entry['std']:.2g})" if entry["n"] > 1 else f"{entry['mean']:.3g}"
+
+
+def tables_markdown(summary: dict) -> str:
+  lines = [
+    "# Results (ours vs the paper)",
+    "",
+    "Ours: CHGNet teacher (stand-in for VASP PBE), CPU-scale data and training — see README.",
+    "Paper: VASP PBE teacher, ~4,500 relaxations per stoichiometry. Mean (std over seeds).",
+    "",
+    "## Table 1: force/stress MAE and trajectory matches on the test set",
+    "",
+    "| row | force MAE | stress MAE | relaxed match | traj. match | paper |",
+    "|---|---:|---:|---:|---:|---|",
+  ]
+  for name, row in summary.items():
+    paper = PAPER["table1"].get(name) or PAPER["table5"].get(name)
+    lines.append(
+      f"| {name} | {_fmt(row['force_mae'])} | {_fmt(row['stress_mae'])} | "
+      f"{_fmt(row['relaxed_match'])} | {_fmt(row['trajectory_match'])} | "
+      f"{' / '.join(map(str, paper)) if paper else '–'} |"
+    )
+  lines += [
+    "",
+    "## Table 3: Li15Si4 held out",
+    "",
+    "| row | relaxed match | traj. match | experimental found / in teacher | paper |",
+    "|---|---:|---:|---:|---|",
+  ]
+  for name, row in summary.items():
+    h = row["holdout"]
+    paper = PAPER["table3"].get(name)
+    lines.append(
+      f"| {name} | {_fmt(h['relaxed_match'])} | {_fmt(h['trajectory_match'])} | "
+      f"{_fmt(h['experimental_found'])} / {_fmt(h['experimental_in_teacher'])} | "
+      f"{' / '.join(map(str, paper)) if paper else '–'} |"
+    )
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not _RUNS.value:
+    raise InputError("--runs is required (comma-separated run directories with eval.json)")
+  if _ROW_NAMES.value and len(_ROW_NAMES.value) != len(_RUNS.value):
+    raise InputError("--row_names needs one name per run")
+  runs = []
+  for k, d in enumerate(_RUNS.value):
+    path = os.path.join(d, "eval.json")
+    if not os.path.exists(path):
+      raise InputError(f"{path}: no such file (run crystal-search evaluate first)")
+    with open(path) as f:
+      report = json.load(f)
+    runs.append((_ROW_NAMES.value[k] if _ROW_NAMES.value else row_name(d, report), report))
+  summary = summarize(runs)
+  os.makedirs(_OUT.value, exist_ok=True)
+  with open(os.path.join(_OUT.value, "summary.json"), "w") as f:
+    json.dump({"rows": summary, "machine": platform.platform(), "paper": PAPER}, f, indent=2)
+  with open(os.path.join(_OUT.value, "tables.md"), "w") as f:
+    f.write(tables_markdown(summary))
+  print(tables_markdown(summary))
+
+
+if __name__ == "__main__":
+  run(main)
