@@ -161,6 +161,17 @@ def required_capacity(crystals: Crystals, cutoff: float = DEFAULT_CUTOFF) -> int
 # Jittable neighbour search.
 
 
+def reciprocal_rows(lattice: jax.Array) -> jax.Array:
+  """Rows ``b_k`` with ``a_i . b_k = delta_ik`` (``inv(lattice).T``) of ``[..., 3, 3]`` lattices.
+
+  Cross products instead of ``jnp.linalg.inv`` (much cheaper to compile).
+  """
+  a0, a1, a2 = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
+  c = jnp.stack([jnp.cross(a1, a2), jnp.cross(a2, a0), jnp.cross(a0, a1)], axis=-2)
+  det = jnp.sum(a0 * c[..., 0, :], axis=-1)
+  return c / det[..., None, None]
+
+
 def _shift_grid(images: int, dtype) -> jax.Array:
   rng = range(-images, images + 1)
   return jnp.asarray(list(itertools.product(rng, rng, rng)), dtype)
@@ -194,7 +205,13 @@ def _neighbors_one(
   valid = (dist2 <= cutoff * cutoff) & pair[:, :, None] & ~self_pair
   flat = valid.reshape(-1)
   count = jnp.sum(flat, dtype=jnp.int32)
-  (index,) = jnp.nonzero(flat, size=capacity, fill_value=0)
+  # Compaction: slot of each valid candidate = number of valid ones before it.
+  slot = jnp.where(flat, jnp.cumsum(flat, dtype=jnp.int32) - 1, capacity)
+  index = (
+    jnp.zeros((capacity,), jnp.int32)
+    .at[slot]
+    .set(jnp.arange(flat.shape[0], dtype=jnp.int32), mode="drop")
+  )
   edge_mask = jnp.arange(capacity) < count
   s_count = shifts.shape[0]
   i = index // (n * s_count)
@@ -236,8 +253,7 @@ def compute_neighbors(
   positions = jax.lax.stop_gradient(jnp.asarray(crystals.positions))
   lattice = jax.lax.stop_gradient(jnp.asarray(crystals.lattice))
   mask = jnp.asarray(crystals.mask)
-  inv = jnp.linalg.inv(lattice)
-  need = jnp.floor(cutoff * jnp.linalg.norm(inv, axis=-2) + 0.5)  # [B, 3]
+  need = jnp.floor(cutoff * jnp.linalg.norm(reciprocal_rows(lattice), axis=-1) + 0.5)  # [B, 3]
   need = jnp.where(jnp.any(mask, axis=1, keepdims=True), need, 0).max(axis=1)  # [B]
   image_overflow = need > images
   level = jnp.clip(jnp.max(need), 0, images).astype(jnp.int32)
@@ -320,7 +336,7 @@ def plane_vectors(crystals: Crystals) -> jax.Array:
   lattice = jnp.asarray(crystals.lattice)
   positions = jnp.asarray(crystals.positions)
   wrapped = positions - jax.lax.stop_gradient(jnp.floor(positions))
-  recip = jnp.swapaxes(jnp.linalg.inv(lattice), -1, -2)  # rows b_k, a_i . b_k = delta_ik
+  recip = reciprocal_rows(lattice)  # rows b_k, a_i . b_k = delta_ik
   norm = jnp.linalg.norm(recip, axis=-1, keepdims=True)  # |b_k| = 1 / h_k
   normals = recip / norm  # [B, 3, 3]
   heights = 1.0 / norm[..., 0]  # [B, 3]
@@ -463,7 +479,7 @@ def _plane_distances(crystals: Crystals) -> jax.Array:
   lattice = jnp.asarray(crystals.lattice)
   positions = jnp.asarray(crystals.positions)
   wrapped = positions - jax.lax.stop_gradient(jnp.floor(positions))
-  heights = 1.0 / jnp.linalg.norm(jnp.linalg.inv(lattice), axis=-2)  # [B, 3]
+  heights = 1.0 / jnp.linalg.norm(reciprocal_rows(lattice), axis=-1)  # [B, 3]
   return wrapped * heights[:, None, :]
 
 

@@ -183,7 +183,7 @@ def finite_difference_forces_stress(
   dtype = crystals.positions.dtype
   positions = jnp.asarray(crystals.positions)
   lattice = jnp.asarray(crystals.lattice)
-  inv = jnp.linalg.inv(lattice)  # [B, 3, 3]
+  inv = jnp.swapaxes(graphs.reciprocal_rows(lattice), -1, -2)  # inv(lattice), [B, 3, 3]
   # Displacements: 6N atom moves (atom a, axis d, sign) then 12 strains.
   n_moves = 3 * n
   k_total = 2 * n_moves + 12
@@ -235,7 +235,7 @@ def finite_difference_forces_stress(
   d_eps = jnp.moveaxis(d_eps, -1, 0)
   xx, yy, zz, yz, xz, xy = (d_eps[:, k] for k in range(6))
   rows = [jnp.stack(r, axis=-1) for r in ((xx, xy, xz), (xy, yy, yz), (xz, yz, zz))]
-  volume = jnp.abs(jnp.linalg.det(lattice))
+  volume = jnp.abs(jnp.sum(lattice[:, 0] * jnp.cross(lattice[:, 1], lattice[:, 2]), axis=-1))
   stress = jnp.stack(rows, axis=-2) / volume[:, None, None] * EV_PER_A3_TO_KBAR
   stress = stress * (jnp.asarray(crystals.n_atoms) > 0)[:, None, None]
   return forces, stress
