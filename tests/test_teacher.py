@@ -175,3 +175,28 @@ def test_kill_and_rerun_loses_and_duplicates_nothing(tmp_path):
   third = _run_binary(dir_, str(tmp_path / "k.log"))
   out = third.communicate(timeout=300)[0].decode()
   assert "done: 0 relaxed (6 already done)" in out
+
+
+def test_an_exception_in_one_relaxation_is_recorded_and_the_run_goes_on(tmp_path):
+  calls = []
+
+  def flaky_relax(structures, force_field, **kwargs):
+    calls.append(1)
+    if len(calls) == 1:
+      raise RuntimeError("teacher blew up\nsecond line")
+    return fake_relax(structures, force_field, **kwargs)
+
+  jobs = teacher.make_jobs(["LiSi"], 2, seed=0)
+  summary = teacher.generate(
+    jobs,
+    teacher.morse_force_field(),
+    output_dir=str(tmp_path),
+    random_config=SMALL,
+    relax_settings={"max_steps": 2},
+    relax_fn=flaky_relax,
+    progress=False,
+  )
+  assert summary["ran"] == 2 and summary["failed"] == 1
+  meta = teacher.read_metadata(jobs[0].path(str(tmp_path)))
+  assert meta["failed"] and meta["failure_reason"] == "exception RuntimeError: teacher blew up"
+  assert not teacher.read_metadata(jobs[1].path(str(tmp_path)))["failed"]

@@ -233,6 +233,32 @@ def _resolved_relax_config(settings: dict, relax_fn) -> dict | None:
     return None
 
 
+def _write_exception(job: Job, error: Exception, output_dir: str, relax_settings, teacher_info):
+  """Record a relaxation that raised as failed (zero frames) so the run goes on and skips it."""
+  text = str(error).strip().splitlines()
+  reason = f"exception {type(error).__name__}: {text[0][:200] if text else ''}"
+  metadata = {
+    "name": job.name,
+    "formula": job.formula,
+    "seed": job.seed,
+    "index": job.index,
+    "source": "teacher-relaxation",
+    "relax_settings": dict(relax_settings),
+    "versions": package_versions(),
+    **teacher_info,
+    "converged": False,
+    "failed": True,
+    "failure_reason": reason,
+    "steps": 0,
+    "n_atoms": 0,
+    "wall_seconds": 0.0,
+  }
+  frames_lib.from_arrays([], trajectory_names=[job.name], metadata=metadata).save(
+    job.path(output_dir)
+  )
+  return metadata
+
+
 def read_metadata(path: str) -> dict:
   """Only the metadata of one relaxation file (cheap; no frame arrays decompressed)."""
   try:
@@ -282,15 +308,20 @@ def generate(
     bar = tqdm(todo, desc="teacher", unit="relax", mininterval=5.0)
     iterator = bar
   for job in iterator:
-    meta = run_job(
-      job,
-      force_field,
-      output_dir=output_dir,
-      random_config=random_config,
-      relax_settings=relax_settings,
-      teacher_info=teacher_info,
-      relax_fn=relax_fn,
-    )
+    try:
+      meta = run_job(
+        job,
+        force_field,
+        output_dir=output_dir,
+        random_config=random_config,
+        relax_settings=relax_settings,
+        teacher_info=teacher_info,
+        relax_fn=relax_fn,
+      )
+    except InputError:
+      raise
+    except Exception as e:  # noqa: BLE001 - one bad relaxation must not stop a long run.
+      meta = _write_exception(job, e, output_dir, relax_settings, teacher_info)
     summary["ran"] += 1
     summary["converged"] += int(meta["converged"])
     summary["failed"] += int(meta["failed"])
