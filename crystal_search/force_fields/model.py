@@ -47,7 +47,15 @@ def _force_stress_call(config, variables, crystals, capacity):
   )
 
 
+#: ``grow()`` widens the periodic-image range up to this half-width (cells thicker
+#: than ``cutoff / 3.5`` = 1.14 Å at the default cutoff).
+MAX_GROWN_IMAGES = 3
+
+
 def _grown_config(config: ml_collections.FrozenConfigDict) -> ml_collections.FrozenConfigDict:
+  """The overflow flag does not say whether edges or images ran out: widen both (images capped)."""
+  if int(config.max_images) >= MAX_GROWN_IMAGES:
+    return config
   c = config.as_configdict()
   c.max_images = int(c.max_images) + 1
   return ml_collections.FrozenConfigDict(c)
@@ -82,7 +90,7 @@ class ModelForceField:
     return _force_stress_call(self.config, self.variables, crystals, self.capacity)
 
   def grow(self) -> ModelForceField:
-    """Double the edge capacity and widen the periodic-image range by one."""
+    """Double the edge capacity; widen the image range by one up to :data:`MAX_GROWN_IMAGES`."""
     return dataclasses.replace(self, capacity=2 * self.capacity, config=_grown_config(self.config))
 
 
@@ -135,7 +143,7 @@ class EnergyModelForceField:
     return _energy_only(self.config, self.variables, crystals, self.capacity)
 
   def grow(self) -> EnergyModelForceField:
-    """Double the edge capacity and widen the periodic-image range by one."""
+    """Double the edge capacity; widen the image range by one up to :data:`MAX_GROWN_IMAGES`."""
     return dataclasses.replace(self, capacity=2 * self.capacity, config=_grown_config(self.config))
 
 
