@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 import ml_collections
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from crystal_search import training
@@ -31,6 +31,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, model).")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace another run found in --workdir.")
 _QUIET = flags.DEFINE_boolean("quiet", False, "No progress bar.")
+_VERBOSE = flags.DEFINE_boolean("verbose", False, "Show library (orbax, jax) INFO logs.")
 _STOP_AFTER = flags.DEFINE_integer(
   "stop_after_epochs",
   None,
@@ -65,6 +66,8 @@ def main(argv: list[str]) -> None:
     raise InputError("--workdir is required")
   if _STOP_AFTER.value is not None and _STOP_AFTER.value < 1:
     raise InputError(f"--stop_after_epochs={_STOP_AFTER.value}: must be >= 1")
+  if not _VERBOSE.value:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
 
   def log(message: str) -> None:
     if not _QUIET.value:

@@ -14,8 +14,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "test.py")
 
 
-def _train(workdir, data, *extra, cwd=None):
+def _train(workdir, data, *extra, cwd=None, cache=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if cache:  # share compiled steps between the runs of one test (same executables)
+    env.update(
+      JAX_COMPILATION_CACHE_DIR=cache,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    )
   cmd = [
     sys.executable,
     "-m",
@@ -31,7 +37,9 @@ def _train(workdir, data, *extra, cwd=None):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  return make_dataset(str(tmp_path_factory.mktemp("data") / "dataset"), seed=3)
+  return make_dataset(
+    str(tmp_path_factory.mktemp("data") / "dataset"), seed=3, sizes=(2, 3, 4, 5, 6)
+  )
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +80,18 @@ def test_other_config_in_same_workdir_is_refused_in_one_line(finished_run, datas
   assert len(training.read_metrics(workdir)) == 3
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_model(finished_run, dataset, tmp_path):
+  """Two processes (stop after 2 epochs, rerun) give the model of one uninterrupted process."""
   workdir_full, _ = finished_run
   workdir = str(tmp_path / "resumed")
-  first = _train(workdir, dataset, "--stop_after_epochs=2")
+  cache = str(tmp_path / "jax_cache")
+  first = _train(workdir, dataset, "--stop_after_epochs=2", cache=cache)
   assert first.returncode == 0, first.stderr[-3000:]
+  assert "rerun the same command to resume" in first.stdout
   assert not os.path.exists(os.path.join(workdir, "model"))
   assert len(training.read_metrics(workdir)) == 2
-  second = _train(workdir, dataset)
+  second = _train(workdir, dataset, cache=cache)
   assert second.returncode == 0, second.stderr[-3000:]
   rows = training.read_metrics(workdir)
   assert [int(r["epoch"]) for r in rows] == [1, 2, 3]

@@ -275,3 +275,81 @@ def test_config_hash_changes_with_any_value():
   assert training.config_hash(a) == training.config_hash(b)
   b.augment.noise_std = 0.02
   assert training.config_hash(a) != training.config_hash(b)
+
+
+# ----------------------------------------------------------------------------
+# The loop (in process: the jitted steps are compiled once and shared by these tests).
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+  return make_dataset(
+    str(tmp_path_factory.mktemp("data") / "d"),
+    seed=4,
+    sizes=(2, 3, 4, 5, 6),
+    counts={"train": 20, "val": 6, "test": 6},
+  )
+
+
+def _tiny_config(data, **overrides):
+  config = _config("test")
+  config.data.path = data
+  for k, v in overrides.items():
+    target = config
+    *parents, leaf = k.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = v
+  return config
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(tiny_dataset, tmp_path):
+  config = _tiny_config(tiny_dataset)
+  straight = training.train(config, str(tmp_path / "a"), progress=False)
+  assert straight.epochs == 3 and straight.model_dir is not None
+  part = training.train(config, str(tmp_path / "b"), progress=False, stop_after=2)
+  assert part.epochs == 2 and part.model_dir is None
+  messages = []
+  resumed = training.train(config, str(tmp_path / "b"), progress=False, log=messages.append)
+  assert resumed.resumed_from == 2 and resumed.epochs == 3
+  assert any("resuming from epoch 2" in m for m in messages)
+  for x, y in zip(
+    jax.tree_util.tree_leaves(straight.params), jax.tree_util.tree_leaves(resumed.params)
+  ):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert straight.test == resumed.test
+  # Training moved the parameters, and the metrics file holds every epoch once.
+  rows = training.read_metrics(str(tmp_path / "b"))
+  assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+  assert rows == training.read_metrics(str(tmp_path / "a"))[:0] + rows
+  # The exported model carries the data version and test metrics.
+  from crystal_search.models import io as model_io
+
+  kind, _, variables, metadata = model_io.load_model(straight.model_dir)
+  assert kind == "force_stress"
+  assert (
+    metadata["data_version"] == training.load_dataset(config.data, elements=("Li", "Si")).version
+  )
+  assert set(metadata["test_metrics"]) == {"test"}
+  assert np.all(np.asarray(variables["normalization"]["force_std"]) > 0)
+
+
+def test_neighbour_overflow_grows_capacity_and_redoes_the_step(tiny_dataset, tmp_path, monkeypatch):
+  real = training.neighbour_capacities
+  exact = real(
+    [training.load_dataset(_data_config(tiny_dataset), elements=("Li", "Si")).splits["train"]],
+    cutoff=4.0,
+    margin=1.0,
+  )
+  # Allocate one edge too few for the largest training structure of each bucket.
+  monkeypatch.setattr(
+    training, "neighbour_capacities", lambda *a, **k: {b: n - 1 for b, n in exact.items()}
+  )
+  messages = []
+  config = _tiny_config(tiny_dataset, num_epochs=1)
+  result = training.train(config, str(tmp_path / "w"), progress=False, log=messages.append)
+  grown = [m for m in messages if "grown" in m]
+  assert grown, messages
+  assert all(result.capacities[b] >= exact[b] for b in exact)
+  rows = training.read_metrics(str(tmp_path / "w"))
+  assert rows[0]["skipped_steps"] == 0 and np.isfinite(rows[0]["train_loss"])
