@@ -10,7 +10,7 @@
 * **Augmentation** (:mod:`crystal_search.augment`), drawn per epoch from
   ``(seed, epoch)``: 50 % of the structures rotated by 90 degrees, 30 % with
   Gaussian noise of ``noise_std`` Å on Cartesian positions and lattice vectors
-  (the energy model gets rotations only).
+  (the energy baseline's config sets the noise fraction to 0: rotations only).
 * **Batches**: frames are grouped by atom-count bucket
   (:func:`crystal_search.crystals.bucket_size`) and cut into fixed-size batches,
   so ``train_step`` compiles once per bucket (padding structures fill the last
@@ -945,21 +945,15 @@ class TrainResult:
   params: Any = None
 
 
-def _epoch_batches(
-  frames: frames_lib.Frames,
-  config: ml_collections.ConfigDict,
-  epoch: int,
-  kind: str,
-):
+def _epoch_batches(frames: frames_lib.Frames, config: ml_collections.ConfigDict, epoch: int):
   """Yield the augmented training batches of one epoch (depends only on seed and epoch)."""
   rng = np.random.default_rng([config.seed, epoch])
   order = bucket_batches(frames.n_atoms, batch_size=config.batch_size, rng=rng)
-  noise_fraction = config.augment.noise_fraction if kind == "force_stress" else 0.0
   plan = augment.plan_epoch(
     rng,
     len(frames),
     rotate_fraction=config.augment.rotate_fraction,
-    noise_fraction=noise_fraction,
+    noise_fraction=config.augment.noise_fraction,
   )
   bs = config.batch_size
   for k, (bucket, idx) in enumerate(order):
@@ -1087,7 +1081,7 @@ def train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False)
-      for bucket, batch in _epoch_batches(train_frames, config, epoch, adapter.kind):
+      for bucket, batch in _epoch_batches(train_frames, config, epoch):
         for _ in range(20):
           cap = capacities.setdefault(bucket, 64)
           state, aux = train_step(state, batch, cap)

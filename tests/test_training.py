@@ -353,3 +353,48 @@ def test_neighbour_overflow_grows_capacity_and_redoes_the_step(tiny_dataset, tmp
   assert all(result.capacities[b] >= exact[b] for b in exact)
   rows = training.read_metrics(str(tmp_path / "w"))
   assert rows[0]["skipped_steps"] == 0 and np.isfinite(rows[0]["train_loss"])
+
+
+def test_early_stopping_after_patience_epochs(tiny_dataset, tmp_path, monkeypatch):
+  """A validation loss that never improves stops the run after ``patience`` more epochs."""
+  real = training.evaluate_frames
+  calls = []
+
+  def flat_val(*args, **kwargs):
+    out = real(*args, **kwargs)
+    calls.append(out)
+    return dict(out, loss=1.0)
+
+  monkeypatch.setattr(training, "evaluate_frames", flat_val)
+  config = _tiny_config(tiny_dataset, num_epochs=10, patience=2)
+  messages = []
+  result = training.train(config, str(tmp_path / "w"), progress=False, log=messages.append)
+  assert result.stopped_early and result.epochs == 3 and result.best_epoch == 1
+  assert any("early stopping" in m for m in messages)
+  assert [int(r["epoch"]) for r in training.read_metrics(str(tmp_path / "w"))] == [1, 2, 3]
+  # Rerunning a finished run re-exports without training further.
+  again = training.train(config, str(tmp_path / "w"), progress=False)
+  assert again.epochs == 3 and again.resumed_from == 3
+
+
+@pytest.mark.slow
+def test_energy_baseline_trains_on_energies_per_atom(tiny_dataset, tmp_path):
+  config = _config("energy_baseline")
+  test_config = _config("test")
+  config.model = test_config.model
+  for key in ("num_epochs", "batch_size", "eval_batch_size", "learning_rate", "patience"):
+    config[key] = test_config[key]
+  config.data.path = tiny_dataset
+  config.data.max_train_frames = config.data.max_eval_frames = 0
+  result = training.train(config, str(tmp_path / "e"), progress=False)
+  rows = training.read_metrics(str(tmp_path / "e"))
+  assert "val_energy_mae" in rows[0] and np.isfinite(rows[-1]["val_energy_mae"])
+  assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+  from crystal_search.models import io as model_io
+
+  kind, _, variables, metadata = model_io.load_model(result.model_dir)
+  assert kind == "energy"
+  frames = training.load_dataset(config.data, elements=("Li", "Si")).splits["train"]
+  per_atom = frames.energy / frames.n_atoms
+  np.testing.assert_allclose(variables["normalization"]["energy_mean"], per_atom.mean(), rtol=1e-4)
+  assert "energy_mae" in metadata["test_metrics"]["test"]
