@@ -203,20 +203,22 @@ def _neighbors_one(
   zero_shift = jnp.all(shifts == 0, axis=-1)  # [S]
   self_pair = jnp.eye(n, dtype=bool)[:, :, None] & zero_shift[None, None, :]
   valid = (dist2 <= cutoff * cutoff) & pair[:, :, None] & ~self_pair
-  flat = valid.reshape(-1)
-  count = jnp.sum(flat, dtype=jnp.int32)
-  # Compaction: slot of each valid candidate = number of valid ones before it.
-  slot = jnp.where(flat, jnp.cumsum(flat, dtype=jnp.int32) - 1, capacity)
-  index = (
-    jnp.zeros((capacity,), jnp.int32)
-    .at[slot]
-    .set(jnp.arange(flat.shape[0], dtype=jnp.int32), mode="drop")
-  )
-  edge_mask = jnp.arange(capacity) < count
+  # Compaction without scattering all N*N*S candidates: slot e belongs to the pair whose
+  # running edge count first exceeds e, and to the k-th valid shift of that pair.
   s_count = shifts.shape[0]
-  i = index // (n * s_count)
-  j = (index // s_count) % n
-  s = index % s_count
+  valid = valid.reshape(n * n, s_count)
+  per_pair = jnp.sum(valid, axis=1, dtype=jnp.int32)  # [N*N]
+  running = jnp.cumsum(per_pair)  # inclusive
+  count = running[-1]
+  slots = jnp.arange(capacity, dtype=jnp.int32)
+  pair = jnp.minimum(jnp.searchsorted(running, slots, side="right"), n * n - 1)
+  k = slots - (running[pair] - per_pair[pair])
+  row = valid[pair]  # [E, S]
+  rank = jnp.cumsum(row, axis=1, dtype=jnp.int32) - 1
+  s = jnp.argmax(row & (rank == k[:, None]), axis=1)
+  edge_mask = slots < count
+  i = pair // n
+  j = pair % n
   # Total integer shift so that r_ij = (p_i - p_j + T) @ lattice for the given positions.
   total = -floor[i] + floor[j] - rounded[i, j] + shifts[s]
   total = jnp.where(edge_mask[:, None], total, 0.0)
@@ -234,9 +236,10 @@ def compute_neighbors(
 ) -> Neighbors:
   """Neighbour lists of a batch, jittable (``cutoff``, ``capacity``, ``images`` static).
 
-  The work grows as ``(2k+1)^3`` with the image half-width ``k``; the smallest
-  ``k <= images`` that serves every structure of the batch is chosen at run
-  time with ``lax.switch`` (``k = 0`` for cells thicker than twice the cutoff).
+  The work grows as ``(2k+1)^3`` with the image half-width ``k``; structures
+  are processed one after the other (``lax.map``), each with the smallest
+  ``k <= images`` that serves it, chosen at run time with ``lax.switch``
+  (``k = 0`` for cells thicker than twice the cutoff).
 
   Args:
     crystals: ``B`` structures with ``N`` slots; positions ``[B, N, 3]``
@@ -256,14 +259,15 @@ def compute_neighbors(
   need = jnp.floor(cutoff * jnp.linalg.norm(reciprocal_rows(lattice), axis=-1) + 0.5)  # [B, 3]
   need = jnp.where(jnp.any(mask, axis=1, keepdims=True), need, 0).max(axis=1)  # [B]
   image_overflow = need > images
-  level = jnp.clip(jnp.max(need), 0, images).astype(jnp.int32)
+  level = jnp.clip(need, 0, images).astype(jnp.int32)  # [B]
 
   def branch(k):
-    fn = lambda p, lat, m: _neighbors_one(p, lat, m, cutoff=cutoff, capacity=capacity, images=k)
-    return lambda ops: jax.vmap(fn)(*ops)
+    return lambda ops: _neighbors_one(*ops, cutoff=cutoff, capacity=capacity, images=k)
 
-  i, j, t, m, count = jax.lax.switch(
-    level, [branch(k) for k in range(images + 1)], (positions, lattice, mask)
+  branches = [branch(k) for k in range(images + 1)]
+  # One structure at a time, each with its own image range.
+  i, j, t, m, count = jax.lax.map(
+    lambda args: jax.lax.switch(args[0], branches, args[1:]), (level, positions, lattice, mask)
   )
   return Neighbors(
     receivers=i,
