@@ -1139,9 +1139,11 @@ def train(
         "skipped_steps": skipped,
         "seconds": round(time.time() - start, 3),
       }
+      # The row first: a run killed before its checkpoint is written resumes from the previous
+      # one and drops the rows after it.
+      metrics_log.write(row)
       if improved or epoch % config.checkpoint_every_epochs == 0 or meta["finished"]:
         checkpoints.save(state, meta, best=improved)
-      metrics_log.write(row)
       epochs_run += 1
       log(
         f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val['loss']:.4f}, "
