@@ -69,6 +69,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -1077,3 +1078,187 @@ def write_trajectory(result: RelaxResult, path: str) -> None:
   tmp = f"{path}.tmp{os.getpid()}"
   ase.io.write(tmp, trajectory_atoms(result), format="extxyz")
   os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------
+# Force fields by name, and relaxing files (the ``relax`` binary).
+
+FORCE_FIELD_KINDS = ("model", "chgnet", "meam", "lj")
+
+
+def make_force_field(
+  kind: str, *, model: str | None = None, untrained: bool = False, seed: int = 0
+):
+  """A force field by name.
+
+  Args:
+    kind: ``model`` (our force/stress network from ``model``, or the pretrained one
+      shipped in the package when present), ``chgnet`` (the teacher), ``meam``
+      (2NN MEAM through LAMMPS) or ``lj`` (a Lennard-Jones toy for smoke tests).
+    model: force/stress model directory (``kind='model'``).
+    untrained: ``kind='model'`` without a directory: random weights (smoke tests and
+      throughput only; its relaxations are meaningless).
+    seed: PRNG seed of the untrained weights.
+
+  Raises:
+    InputError: unknown kind, or no model directory (and no pretrained model) for ``model``.
+  """
+  if kind == "chgnet":
+    from crystal_search.force_fields.chgnet import CHGNetForceField
+
+    return CHGNetForceField()
+  if kind == "meam":
+    from crystal_search.force_fields.lammps_meam import MEAMForceField
+
+    return MEAMForceField()
+  if kind == "lj":
+    from crystal_search.force_fields import analytic
+
+    return analytic.lennard_jones(sigma=2.0, epsilon=0.1)
+  if kind != "model":
+    raise InputError(f"unknown force field {kind!r} (one of {', '.join(FORCE_FIELD_KINDS)})")
+  from crystal_search.force_fields import model as model_ff
+
+  if model:
+    if not os.path.isdir(model):
+      raise InputError(f"{model}: no such model directory")
+    return model_ff.from_directory(model)
+  pretrained = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "pretrained", "force_stress"
+  )
+  if os.path.isdir(pretrained):
+    return model_ff.from_directory(pretrained)
+  if untrained:
+    return untrained_model(seed=seed)
+  raise InputError(
+    "--force_field=model needs --model=DIR: no pretrained model ships yet "
+    "(or pass --untrained for a smoke test, or --force_field=chgnet|meam|lj)"
+  )
+
+
+def untrained_model(*, seed: int = 0, max_atoms: int = 40):
+  """The force/stress network with random weights (default config): for smoke tests and timing."""
+  from crystal_search.force_fields import model as model_ff
+  from crystal_search.models import config as config_lib
+  from crystal_search.models import force_stress
+
+  config = config_lib.get_model_config()
+  lattice = Lattice.cubic(4.0)
+  example = crystals_lib.from_structures(
+    [Structure(lattice, ["Li", "Si"], [[0, 0, 0], [0.5, 0.5, 0.5]])], max_atoms=8
+  )
+  variables = force_stress.init(config, jax.random.PRNGKey(seed), example)
+  ff = model_ff.ModelForceField(config, variables, model_ff.default_capacity(max_atoms))
+  return dataclasses.replace(ff, name="gnn-force-stress (UNTRAINED weights)")
+
+
+def relax_files(
+  pattern: str,
+  force_field,
+  output_dir: str,
+  *,
+  config: ml_collections.ConfigDict | dict | None = None,
+  trajectories: bool = False,
+  batch_size: int | None = None,
+  progress: bool = False,
+  log: Callable[[str], None] | None = None,
+) -> dict:
+  """Relax every structure in the files matched by ``pattern``; write CIFs and a summary.
+
+  Writes ``<output_dir>/<name>.cif`` for every relaxed structure that did not fail,
+  ``<output_dir>/trajectories/<name>.extxyz`` when ``trajectories``, and
+  ``<output_dir>/summary.json``.  A file that cannot be read, a structure with an
+  element the force field does not know, and a relaxation that fails are each one
+  entry in the summary (with ``error``/``failure_reason``) and one line to ``log``;
+  the others still run and are written.
+
+  Returns:
+    The summary dict (``force_field``, ``settings``, ``structures``: one entry per
+    structure or unreadable file, in input order; ``counts``).
+  """
+  import json
+
+  log = log or (lambda line: print(line, file=sys.stderr))
+  cfg = make_config(config, **({"trajectory_every": 1} if trajectories else {}))
+  paths = crystals_lib.expand_inputs(pattern)
+  os.makedirs(output_dir, exist_ok=True)
+  entries: list[dict] = []
+  todo: list[tuple[int, Structure]] = []
+  elements = getattr(force_field, "elements", None)
+  names: set[str] = set()
+  for path in paths:
+    try:
+      structures = crystals_lib.read_structures(path)
+    except InputError as e:
+      entries.append({"file": path, "name": None, "error": str(e), "failed": True})
+      log(f"error: {e}")
+      continue
+    stem = os.path.splitext(os.path.basename(path))[0] or "structure"
+    for k, s in enumerate(structures):
+      name = stem if len(structures) == 1 else f"{stem}_{k}"
+      while name in names:
+        name += "_"
+      names.add(name)
+      entry = {
+        "file": path,
+        "index": k,
+        "name": name,
+        "formula": s.composition.formula.replace(" ", ""),
+        "n_atoms": len(s),
+      }
+      unknown = sorted({sp.symbol for sp in s.species} - set(elements)) if elements else []
+      if unknown:
+        entry.update(
+          failed=True,
+          error=f"element(s) {', '.join(unknown)} not supported by {force_field.name}",
+        )
+        log(f"error: {path}: {entry['error']}")
+      else:
+        todo.append((len(entries), s))
+      entries.append(entry)
+  results = relax_structures(
+    [s for _, s in todo], force_field, config=cfg, batch_size=batch_size, progress=progress
+  )
+  if trajectories:
+    os.makedirs(os.path.join(output_dir, "trajectories"), exist_ok=True)
+  for (i, _), r in zip(todo, results, strict=True):
+    e = entries[i]
+    energy = r.energy if math.isfinite(r.energy) else None
+    e.update(
+      steps=r.steps,
+      converged=r.converged,
+      failed=r.failed,
+      failure_reason=r.failure_reason,
+      energy=energy,
+      energy_per_atom=None if energy is None else energy / len(r.final),
+      max_force=r.max_force,
+      max_stress=r.max_stress,
+      volume=float(r.final.volume),
+    )
+    if r.failed:
+      log(
+        f"error: {e['file']}: {e['name']}: relaxation failed ({r.failure_reason}) at step {r.steps}"
+      )
+    else:
+      e["cif"] = f"{e['name']}.cif"
+      r.final.to(filename=os.path.join(output_dir, e["cif"]))
+    if trajectories and r.trajectory is not None:
+      e["trajectory"] = os.path.join("trajectories", f"{e['name']}.extxyz")
+      write_trajectory(r, os.path.join(output_dir, e["trajectory"]))
+  counts = {
+    "inputs": len(entries),
+    "relaxed": len(results),
+    "converged": sum(bool(e.get("converged")) for e in entries),
+    "failed": sum(bool(e.get("failed")) for e in entries),
+  }
+  summary = {
+    "force_field": getattr(force_field, "name", type(force_field).__name__),
+    "settings": cfg.to_dict(),
+    "counts": counts,
+    "structures": entries,
+  }
+  tmp = os.path.join(output_dir, f".summary.json.tmp{os.getpid()}")
+  with open(tmp, "w") as f:
+    json.dump(summary, f, indent=1)
+  os.replace(tmp, os.path.join(output_dir, "summary.json"))
+  return summary

@@ -356,3 +356,55 @@ def test_four_device_sharding_equals_one_device():
   assert all(b % 4 == 0 for b in got["batch4"].values())
   assert got["steps4"] == got["steps1"]
   assert got["lat"] < 1e-4 and got["traj"] < 1e-4
+
+
+def test_relax_files_reports_bad_inputs_and_writes_the_rest(tmp_path):
+  import json
+
+  import ase.io
+
+  inp = tmp_path / "in"
+  inp.mkdir()
+  _perturbed_fcc(50).to(filename=str(inp / "a.cif"))
+  _perturbed_fcc(51, supercell=(2, 1, 1)).to(filename=str(inp / "b.vasp"), fmt="poscar")
+  (inp / "broken.cif").write_text("data_x\n_cell_length_a 3\n")
+  ne = _perturbed_fcc(52)
+  ne.replace_species({"Ar": "Ne"})
+  ne.to(filename=str(inp / "ne.cif"))
+  lines = []
+  ff = dataclasses.replace(LJ, elements=("Ar",))
+  out = tmp_path / "out"
+  summary = relax.relax_files(
+    str(inp / "*"), ff, str(out), config=TIGHT, trajectories=True, log=lines.append
+  )
+  by_file = {os.path.basename(e["file"]): e for e in summary["structures"]}
+  assert set(by_file) == {"a.cif", "b.vasp", "broken.cif", "ne.cif"}
+  assert by_file["broken.cif"]["failed"] and "broken.cif" in by_file["broken.cif"]["error"]
+  assert by_file["ne.cif"]["failed"] and "Ne" in by_file["ne.cif"]["error"]
+  assert len(lines) == 2 and all(line.startswith("error: ") and "\n" not in line for line in lines)
+  for name in ("a.cif", "b.vasp"):
+    e = by_file[name]
+    assert e["converged"] and not e["failed"] and e["steps"] > 0
+    relaxed = Structure.from_file(str(out / e["cif"]))
+    assert len(relaxed) == e["n_atoms"]
+    frames = ase.io.read(str(out / e["trajectory"]), index=":")
+    assert len(frames) == e["steps"] + 1
+  on_disk = json.loads((out / "summary.json").read_text())
+  assert on_disk["counts"] == {"inputs": 4, "relaxed": 2, "converged": 2, "failed": 2}
+
+
+def test_relax_binary_without_a_model_fails_in_one_line(tmp_path):
+  _perturbed_fcc(0).to(filename=str(tmp_path / "a.cif"))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.relax",
+    f"--input={tmp_path / 'a.cif'}",
+    f"--output_dir={tmp_path / 'out'}",
+  ]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1
+  err = proc.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "--model" in err[0]
