@@ -999,9 +999,9 @@ def train(
   """
   log = log or (lambda _: None)
   validate_config(config)
-  dataset = load_dataset(
-    config.data, elements=tuple(config.model.elements), seed=config.seed, log=log
-  )
+  # Frame subsets (data.max_*_frames) do not depend on the training seed: every run of a
+  # seed sweep sees the same frames.
+  dataset = load_dataset(config.data, elements=tuple(config.model.elements), seed=0, log=log)
   digest = config_hash(config)
   os.makedirs(workdir, exist_ok=True)
   resuming = prepare_workdir(

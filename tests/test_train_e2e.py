@@ -50,11 +50,11 @@ def finished_run(tmp_path_factory, dataset):
   return workdir, out
 
 
-def _load_params(workdir):
+def _load_variables(workdir):
   from crystal_search.models import io as model_io
 
-  loaded = model_io.load_model(os.path.join(workdir, "model"))
-  return loaded
+  kind, _, variables, metadata = model_io.load_model(os.path.join(workdir, "model"))
+  return kind, variables, metadata
 
 
 def test_train_writes_metrics_and_a_loadable_model(finished_run):
@@ -64,8 +64,23 @@ def test_train_writes_metrics_and_a_loadable_model(finished_run):
   assert rows[-1]["train_loss"] < rows[0]["train_loss"]
   assert all(np.isfinite(r["val_force_mae"]) and np.isfinite(r["val_stress_mae"]) for r in rows)
   assert "best epoch" in out.stdout
-  loaded = _load_params(workdir)
-  assert loaded is not None
+  kind, variables, metadata = _load_variables(workdir)
+  assert kind == "force_stress" and variables["params"]
+  assert len(metadata["data_version"]) == 16 and "test" in metadata["test_metrics"]
+  assert metadata["training_config"]["model_kind"] == "force_stress"
+  # The exported model predicts finite forces and stresses.
+  from crystal_search import graphs
+  from crystal_search.datasets import frames as frames_lib
+  from crystal_search.models import force_stress
+  from crystal_search.models import io as model_io
+
+  _, config, variables, _ = model_io.load_model(os.path.join(workdir, "model"))
+  frames = frames_lib.load(os.path.join(metadata["data_path"], "test.npz"))
+  crystals, _, _ = frames.to_batch(np.arange(4))
+  capacity = graphs.required_capacity(crystals, config.cutoff)
+  pred = force_stress.apply(config, variables, crystals, capacity=capacity)
+  assert np.all(np.isfinite(pred.forces)) and np.all(np.isfinite(pred.stress))
+  assert not np.any(pred.overflow)
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "latest"))
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "best"))
 
@@ -100,12 +115,11 @@ def test_interrupted_run_resumes_to_the_same_model(finished_run, dataset, tmp_pa
     assert a["val_loss"] == b["val_loss"]
   import jax
 
-  a, b = _load_params(workdir), _load_params(workdir_full)
-  leaves_a = jax.tree_util.tree_leaves(a)
-  leaves_b = jax.tree_util.tree_leaves(b)
-  arrays = [(x, y) for x, y in zip(leaves_a, leaves_b) if hasattr(x, "shape")]
-  assert arrays
-  for x, y in arrays:
+  a, b = _load_variables(workdir)[1], _load_variables(workdir_full)[1]
+  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+  assert tree_a == tree_b and leaves_a
+  for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
