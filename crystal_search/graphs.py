@@ -146,7 +146,7 @@ def edge_counts(crystals: Crystals, cutoff: float = DEFAULT_CUTOFF) -> np.ndarra
   for b, n in enumerate(n_atoms):
     if n == 0:
       continue
-    images = max(1, int(np.floor(cutoff / heights[b].min() + 0.5)))
+    images = int(np.floor(cutoff / heights[b].min() + 0.5))  # 0: minimum image suffices
     out[b] = _count_edges_numpy(positions[b, :n], lattice[b], cutoff, images)
   return out
 

@@ -32,6 +32,8 @@ def _test_structures():
     _random_structure(rng, 4, Lattice.from_parameters(5.0, 4.5, 5.5, 150, 100, 80)),
     # Non-wrapped fractional coordinates (negative and > 1).
     Structure(Lattice.cubic(3.1), ["Si", "Li"], [[-0.2, 1.3, 0.5], [2.25, 0.1, -1.7]]),
+    # A cell thicker than twice the cutoff: the minimum image alone serves it.
+    _random_structure(rng, 6, Lattice.from_parameters(8.5, 9.0, 9.5, 85, 95, 90)),
   ]
 
 
