@@ -358,3 +358,29 @@ def test_md_dataset_split_by_time(tmp_path):
   train = frames_lib.load(str(tmp_path / "ds" / "train.npz"))
   test = frames_lib.load(str(tmp_path / "ds" / "test.npz"))
   assert train.step.max() < test.step.min()  # test frames come after the training frames
+
+
+def test_build_dataset_cache_gives_identical_output(tmp_path, monkeypatch):
+  paths = []
+  for i in range(4):
+    t = _trajectory([1.0] * 12, name=f"LiSi_0_{i:05d}", seed=i)
+    p = str(tmp_path / "teacher" / "LiSi" / f"LiSi_0_{i:05d}.npz")
+    t.save(p)
+    paths.append(p)
+  out = str(tmp_path / "ds")
+  first = sampling.build_dataset(paths, out)
+  assert os.path.exists(os.path.join(out, "sampling_cache.json"))
+  train_a = frames_lib.load(os.path.join(out, "train.npz"))
+
+  # Second build must not call the sampler (all cached) and must give the same sets.
+  def boom(*args, **kwargs):
+    raise AssertionError("sampler called despite the cache")
+
+  monkeypatch.setattr(sampling, "sample_training_frames", boom)
+  second = sampling.build_dataset(paths, out)
+  assert first["per_stoichiometry"] == second["per_stoichiometry"]
+  train_b = frames_lib.load(os.path.join(out, "train.npz"))
+  np.testing.assert_array_equal(train_a.positions, train_b.positions)
+  # Different settings invalidate the cache.
+  with pytest.raises(AssertionError, match="sampler called"):
+    sampling.build_dataset(paths, out, config=sampling.SamplingConfig(stride=3))

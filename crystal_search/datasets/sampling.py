@@ -164,6 +164,33 @@ class _Collector:
     return len(out)
 
 
+def _cache_key(path: str) -> str:
+  st = os.stat(path)
+  return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _cache_settings(config: SamplingConfig) -> dict:
+  return {"force_threshold": config.force_threshold, "stride": config.stride, "stol": config.stol}
+
+
+def _load_cache(path: str, config: SamplingConfig) -> dict[str, list[int]]:
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  if data.get("settings") != _cache_settings(config):
+    return {}
+  return dict(data.get("sampled", {}))
+
+
+def _save_cache(path: str, config: SamplingConfig, sampled: dict[str, list[int]]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"settings": _cache_settings(config), "sampled": sampled}, f)
+  os.replace(tmp, path)
+
+
 def iter_relaxations(paths: Iterable[str]) -> Iterable[tuple[str, frames_lib.Frames]]:
   """``(path, Frames)`` for each relaxation file (loaded one at a time)."""
   for path in paths:
@@ -178,8 +205,14 @@ def build_dataset(
   source: str = "",
   progress: bool = False,
   log: Callable[[str], None] | None = None,
+  use_cache: bool = True,
 ) -> dict:
   """Apply the protocol to relaxation files and write the dataset; returns the manifest.
+
+  The training-frame choice of each file (the StructureMatcher work, the slow part) is
+  cached in ``<output_dir>/sampling_cache.json`` keyed by path, size and modification
+  time and by the protocol settings, so a rebuild after more relaxations finish only
+  samples the new files (``use_cache=False`` recomputes everything).
 
   Args:
     paths: relaxation files (one trajectory each: teacher output or imported).
@@ -193,6 +226,9 @@ def build_dataset(
 
   matcher = dataset_matcher(stol=config.stol)
   holdout = set(config.holdout)
+  cache_path = os.path.join(output_dir, "sampling_cache.json")
+  cache = _load_cache(cache_path, config) if use_cache else {}
+  new_cache: dict[str, list[int]] = {}
   collector = _Collector()
   per: dict[str, dict] = defaultdict(
     lambda: {
@@ -231,7 +267,12 @@ def build_dataset(
       continue
     row["steps_total"] += len(frames)
     name = frames.trajectory_names[0] if frames.trajectory_names else meta.get("name", _path)
-    sampled = sample_training_frames(frames, config=config, matcher=matcher)
+    key = _cache_key(_path)
+    if key in cache:
+      sampled = np.asarray(cache[key], np.int64)
+    else:
+      sampled = sample_training_frames(frames, config=config, matcher=matcher)
+    new_cache[key] = [int(i) for i in sampled]
     prefix = trajectory_prefix(frames, config.force_threshold)
     if formula in holdout:
       row["trajectories_holdout"] += 1
@@ -246,6 +287,8 @@ def build_dataset(
     if log is not None:
       log(f"{name}: {formula} {split} {len(sampled)} frames of {len(frames)} steps")
   os.makedirs(output_dir, exist_ok=True)
+  if use_cache:
+    _save_cache(cache_path, config, new_cache)
   set_meta = {"protocol": dataclasses.asdict(config), "source": source}
   files = {}
   for key in ("train", "val", "test", "test_trajectories", "holdout", "holdout_trajectories"):
