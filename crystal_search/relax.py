@@ -648,13 +648,13 @@ def _make_runner(force_field, params: DynamicsParams, chunk: int, every: int):
   try:
     key = (force_field, params, chunk, every)
     hash(key)
-  except TypeError:
-    return make(force_field, params, chunk, every)
+  except TypeError:  # e.g. a model holding its weights: cache by identity (kept alive below).
+    key = (("id", id(force_field)), params, chunk, every)
   if key not in _RUNNER_CACHE:
     if len(_RUNNER_CACHE) >= _RUNNER_CACHE_SIZE:
       _RUNNER_CACHE.pop(next(iter(_RUNNER_CACHE)))
-    _RUNNER_CACHE[key] = make(force_field, params, chunk, every)
-  return _RUNNER_CACHE[key]
+    _RUNNER_CACHE[key] = (make(force_field, params, chunk, every), force_field)
+  return _RUNNER_CACHE[key][0]
 
 
 class _HostChunk:
@@ -734,22 +734,31 @@ class RelaxResult:
 
 
 def bytes_per_structure(n_atoms: int, force_field, *, trajectory_frames: int = 0) -> int:
-  """Estimated memory of one structure slot of ``n_atoms`` atoms (bytes).
+  """Estimated memory of one structure slot of ``n_atoms`` atom slots (bytes).
 
-  Uses ``force_field.bytes_per_structure(n_atoms)`` when the force field defines it;
-  otherwise ``n_atoms * capacity`` edges (``capacity`` = the force field's
-  ``capacity``/``max_neighbors`` attribute, default 64) at 1 KiB each for the
-  forward and backward passes, plus the relaxation state and trajectory buffers.
+  The force field's share is ``force_field.bytes_per_structure(n_atoms)`` when it
+  defines one; otherwise ``edges * EDGE_BYTES`` with ``edges`` its ``capacity``
+  attribute (neighbour edges per structure, as in ``ModelForceField``), or
+  ``n_atoms * max_neighbors`` (default 64 neighbours per atom).  The relaxation
+  state (~8 ``[N, 3]`` arrays) and the trajectory buffers (``[T, N, 3]`` positions
+  and forces, float32) are added.
   """
   fn = getattr(force_field, "bytes_per_structure", None)
   if callable(fn):
     model = int(fn(n_atoms))
   else:
-    capacity = getattr(force_field, "capacity", None) or getattr(force_field, "max_neighbors", 64)
-    model = int(n_atoms) * int(capacity) * 1024
+    edges = getattr(force_field, "capacity", None)
+    if not isinstance(edges, int) or edges <= 0:
+      edges = int(n_atoms) * int(getattr(force_field, "max_neighbors", 64))
+    model = int(edges) * EDGE_BYTES
   state = (8 * n_atoms * 3 + 8 * 9) * 4
   traj = trajectory_frames * (2 * n_atoms * 3 + 2 * 9 + 1) * 4
   return model + state + traj
+
+
+#: Working memory per neighbour edge: a width-64 float32 edge state and a few live
+#: intermediates of the message-passing block (2 KiB).
+EDGE_BYTES = 2048
 
 
 def choose_batch_size(
