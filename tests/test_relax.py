@@ -408,3 +408,42 @@ def test_relax_binary_without_a_model_fails_in_one_line(tmp_path):
   assert proc.returncode == 1
   err = proc.stderr.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and "--model" in err[0]
+
+
+def test_pair_potential_multi_image_sum_matches_brute_force():
+  """Morse energy of a small sheared cell (cutoff > cell width) vs a numpy sum over many images."""
+  from crystal_search.crystals import from_structures
+
+  rng = np.random.default_rng(0)
+  lattice = np.array([[2.9, 0.0, 0.0], [1.2, 2.7, 0.0], [0.4, -0.6, 3.1]])
+  frac = rng.uniform(0, 1, (3, 3))
+  s = Structure(Lattice(lattice), ["Si"] * 3, frac)
+  ff = analytic.morse(sigma=2.5, epsilon=0.3, alpha=1.5)  # r_cutoff = 4.83 Å > cell heights
+  sigma, eps, alpha, ro, rc = 2.5, 0.3, 1.5, 2.5 + 2.5 / 1.5, ff.r_cutoff
+
+  def phi(r):
+    u = eps * (1 - np.exp(-alpha * (r - sigma))) ** 2 - eps
+    sw = np.where(
+      r < ro, 1.0, (rc**2 - r**2) ** 2 * (rc**2 + 2 * r**2 - 3 * ro**2) / (rc**2 - ro**2) ** 3
+    )
+    return np.where(r < rc, u * sw, 0.0)
+
+  n = 6
+  shifts = np.stack(np.meshgrid(*[np.arange(-n, n + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
+  cart = frac @ lattice
+  e_ref = 0.0
+  for i in range(3):
+    for j in range(3):
+      d = cart[j] - cart[i] + shifts @ lattice
+      r = np.linalg.norm(d, axis=-1)
+      r = r[r > 1e-9]
+      e_ref += 0.5 * np.sum(phi(r))
+  c = jax.tree_util.tree_map(jnp.asarray, from_structures([s], max_atoms=8))
+  grown = ff
+  while bool(grown(c).overflow[0]):
+    grown = grown.grow()
+  assert grown.images >= 2
+  out = grown(c)
+  np.testing.assert_allclose(float(out.energy[0]), e_ref, rtol=1e-4, atol=1e-4)
+  # A too-small image range is flagged, never silently wrong.
+  assert bool(ff(c).overflow[0])
