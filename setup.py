@@ -21,6 +21,8 @@ setup(
       "pretrained/*/*",
       "pretrained/*/*/*",
       "pretrained/*/*/*/*",
+      "pretrained/*/*/*/*/*",
+      "pretrained/*/*/*/*/*/*",
     ],
     "experiments": ["notebooks/*.ipynb"],
   },
