@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-exec crystal-search search --composition=Li15Si4 --num_structures=200 --seed=0 \
+exec crystal-search search --composition=Li15Si4 --num_structures=100 --max_steps=400 --seed=0 \
   --output_dir=out/main --overwrite "$@"
