@@ -67,6 +67,21 @@ class Crystals:
     return jnp.linalg.det(self.lattice)
 
 
+def cell_heights(lattice: jax.Array) -> jax.Array:
+  """Distances between opposite faces of each cell, ``[..., 3]`` Å (lattice rows in Å)."""
+  a, b, c = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
+  volume = jnp.abs(jnp.einsum("...i,...i->...", a, jnp.cross(b, c)))
+  areas = jnp.stack(
+    [
+      jnp.linalg.norm(jnp.cross(b, c), axis=-1),
+      jnp.linalg.norm(jnp.cross(c, a), axis=-1),
+      jnp.linalg.norm(jnp.cross(a, b), axis=-1),
+    ],
+    axis=-1,
+  )
+  return volume[..., None] / areas
+
+
 def bucket_size(n_atoms: int, buckets: Sequence[int] = ATOM_BUCKETS) -> int:
   """Smallest bucket that holds ``n_atoms`` atoms."""
   for size in buckets:

@@ -82,7 +82,7 @@ from flax import struct
 from pymatgen.core import Lattice, Structure
 
 from crystal_search import crystals as crystals_lib
-from crystal_search.crystals import Crystals
+from crystal_search.crystals import Crystals, cell_heights
 from crystal_search.errors import InputError
 from crystal_search.force_fields.base import ForceFieldOutput
 
@@ -393,20 +393,6 @@ def _min_distance(crystals: Crystals) -> jax.Array:
   return jnp.sqrt(jnp.min(jnp.where(pair, r2, jnp.inf), axis=(-1, -2)))
 
 
-def _cell_heights(lattice: jax.Array) -> jax.Array:
-  a, b, c = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
-  volume = jnp.abs(jnp.einsum("...i,...i->...", a, jnp.cross(b, c)))
-  areas = jnp.stack(
-    [
-      jnp.linalg.norm(jnp.cross(b, c), axis=-1),
-      jnp.linalg.norm(jnp.cross(c, a), axis=-1),
-      jnp.linalg.norm(jnp.cross(a, b), axis=-1),
-    ],
-    axis=-1,
-  )
-  return volume[..., None] / areas
-
-
 def observe(state: RelaxState, output: ForceFieldOutput, params: DynamicsParams) -> RelaxState:
   """Take the force-field output at the current positions; update convergence and failures.
 
@@ -436,7 +422,7 @@ def observe(state: RelaxState, output: ForceFieldOutput, params: DynamicsParams)
   initial_volume = jnp.where(state.fresh, volume, state.initial_volume)
   ratio = volume / initial_volume
   bad_volume = ~((ratio >= params.min_volume_ratio) & (ratio <= params.max_volume_ratio))
-  collapsed = ~(jnp.min(_cell_heights(c.lattice), axis=-1) >= params.min_cell_height)
+  collapsed = ~(jnp.min(cell_heights(c.lattice), axis=-1) >= params.min_cell_height)
   overlap = _min_distance(c) < params.min_distance
   code = jnp.where(
     ~finite,

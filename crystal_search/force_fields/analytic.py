@@ -28,23 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import energy as jmd_energy
 
-from crystal_search.crystals import Crystals
+from crystal_search.crystals import Crystals, cell_heights
 from crystal_search.force_fields.base import EnergyForceField, ForceFieldOutput
-
-
-def cell_heights(lattice: jax.Array) -> jax.Array:
-  """Distances between opposite faces of each cell, ``[..., 3]`` Å (lattice rows in Å)."""
-  a, b, c = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
-  volume = jnp.abs(jnp.einsum("...i,...i->...", a, jnp.cross(b, c)))
-  areas = jnp.stack(
-    [
-      jnp.linalg.norm(jnp.cross(b, c), axis=-1),
-      jnp.linalg.norm(jnp.cross(c, a), axis=-1),
-      jnp.linalg.norm(jnp.cross(a, b), axis=-1),
-    ],
-    axis=-1,
-  )
-  return volume[..., None] / areas
 
 
 @dataclasses.dataclass(frozen=True)
