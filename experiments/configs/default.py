@@ -9,16 +9,12 @@ Two scales (the part after ``:`` picks one; ``config.scale`` records it):
   width 64, plane-atom stress head, 4 Å cutoff), Adam 1e-3 halved every 15 epochs,
   batch 32, up to 200 epochs with early stopping after 30 without improvement,
   augmentation 50 % rotations / 30 % noise of 0.01 Å, every frame of the dataset.
-* ``cpu`` (this 2-core machine, about 20 minutes): the same protocol with a
-  smaller network (``CPU_MODEL``: 4 blocks of width 32, heads 32-16), at most
-  ``CPU_TRAIN_FRAMES`` training and ``CPU_EVAL_FRAMES`` evaluation frames,
-  ``CPU_EPOCHS`` epochs with the learning rate halved every ``CPU_HALVING_EPOCHS``
-  and early stopping after ``CPU_PATIENCE`` epochs without improvement.  Measured
-  on the shared 2-core CPU (load 6-8) for a batch of 32 teacher cells in the
-  40-atom bucket: 0.5 s per training step (paper network: 1.65 s), about 20 s to
-  compile a step per bucket; so ~100 steps per epoch, ~1 minute an epoch, 16
-  epochs plus compilation in about 20 minutes (measured with nothing else running: about
-  20 s an epoch on the 1,697-frame default dataset).
+* ``cpu`` (this 2-core machine): the same protocol with a smaller network
+  (``CPU_MODEL``: 4 blocks of width 32, heads 32-16, SiLU), at most ``CPU_TRAIN_FRAMES``
+  training and ``CPU_EVAL_FRAMES`` evaluation frames, ``CPU_EPOCHS`` epochs with the learning
+  rate halved every ``CPU_HALVING_EPOCHS`` and early stopping after ``CPU_PATIENCE`` epochs
+  without improvement.  Measured on the 1,697-frame default dataset on the shared 2-core CPU:
+  about 20 s an epoch, the whole run (45 epochs) in about 15 minutes.
 
 Override any value on the command line, e.g. ``--config.augment.noise_std=0.02``.
 Changing ``config.scale`` on the command line only relabels the run; use the
