@@ -356,24 +356,14 @@ def load_force_field(
   Returns:
     ``(force_field, energy_fn)``; ``energy_fn`` is None when the force field's own energies rank.
   """
-  if kind == "chgnet":
-    from crystal_search.force_fields.chgnet import CHGNetForceField
-
-    return CHGNetForceField(), None
-  if kind == "meam":
-    from crystal_search.force_fields.lammps_meam import MEAMForceField
-
-    return MEAMForceField(), None
-  if kind != "model":
-    raise InputError(f"unknown force field {kind!r} (model, chgnet or meam)")
+  from crystal_search import relax
   from crystal_search.force_fields import model as model_ff
 
-  path = model or os.path.join(PRETRAINED_DIR, "force_stress")
-  if not os.path.isdir(path):
-    raise InputError(
-      f"{path}: no force/stress model there (pass --model=DIR, or --force_field=chgnet)"
-    )
-  force_field = model_ff.from_directory(path)
+  if kind not in ("model", "chgnet", "meam"):
+    raise InputError(f"unknown force field {kind!r} (model, chgnet or meam)")
+  force_field = relax.make_force_field(kind, model=model)
+  if kind != "model":
+    return force_field, None
   energy_path = energy_model or os.path.join(PRETRAINED_DIR, "energy")
   if not os.path.isdir(energy_path):
     raise InputError(f"{energy_path}: no energy model there to rank with (pass --energy_model=DIR)")
