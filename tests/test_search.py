@@ -137,3 +137,27 @@ def test_cli_search_with_meam(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   summary = json.load(open(tmp_path / "o" / "summary.json"))
   assert summary["totals"]["generated"] == 3
+
+
+def test_ctrl_c_keeps_what_finished_and_says_so(tmp_path, morse_ff, monkeypatch):
+  """A KeyboardInterrupt during the second relaxation chunk: chunk one is reported, run flagged."""
+  from crystal_search import relax
+
+  real = relax.relax_structures
+  calls = []
+
+  def interrupted_after_first_chunk(structures, *args, **kwargs):
+    calls.append(len(structures))
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real(structures, *args, **kwargs)
+
+  monkeypatch.setattr(relax, "relax_structures", interrupted_after_first_chunk)
+  out = str(tmp_path / "cut")
+  search.run_search(_config(chunk_size=4), force_field=morse_ff, output_dir=out, progress=False)
+  with open(os.path.join(out, "summary.json")) as f:
+    totals = json.load(f)["totals"]
+  assert totals["interrupted"] is True
+  assert totals["generated"] == 6 and totals["relaxed"] == 4
+  assert "cut short" in open(os.path.join(out, "summary.md")).read()
+  assert len(os.listdir(os.path.join(out, "structures"))) == totals["unique"] >= 1
