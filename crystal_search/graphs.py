@@ -404,7 +404,7 @@ def build_graph(
       edges only);
       ``senders``/``receivers [Ed]`` int32 global node indices (padding edges
       point at node 0 of their structure);
-      ``globals``: dict ``mask [B]`` bool (structure has atoms);
+      ``globals``: dict ``mask [B]`` bool (structure has atoms), ``volume [B]`` Å^3;
       ``n_node [B]`` = N+P, ``n_edge [B]`` = E+P*N.
   """
   p = num_fictitious(fictitious)
@@ -472,7 +472,7 @@ def build_graph(
     },
     senders=send.reshape(-1),
     receivers=recv.reshape(-1),
-    globals={"mask": has_atoms},
+    globals={"mask": has_atoms, "volume": jnp.abs(jnp.linalg.det(jnp.asarray(crystals.lattice)))},
     n_node=jnp.full((b,), v_per, jnp.int32),
     n_edge=jnp.full((b,), e_per, jnp.int32),
   )

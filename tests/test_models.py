@@ -314,3 +314,69 @@ def test_energy_model_fd_matches_autodiff_float64():
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "FD_OK" in out.stdout
+
+
+def _edge_config():
+  return small_config(force_head="edge", stress_head="virial", edge_inputs="rbf")
+
+
+def test_edge_heads_are_rotation_equivariant_and_translation_invariant():
+  """Bond-sum heads on rotation-invariant edges: F -> R F and S -> R S R^T, exactly."""
+  from scipy.spatial.transform import Rotation
+
+  config = _edge_config()
+  s = random_structure(4, 7)
+  rot = Rotation.random(random_state=3).as_matrix()
+  rotated = Structure(Lattice(s.lattice.matrix @ rot.T), s.species, s.frac_coords)
+  batch = batch_of([s, rotated])
+  variables = force_stress.init(config, jax.random.PRNGKey(5), batch)
+  pred = predict(config, variables, batch)
+  f, f_rot = np.asarray(pred.forces[0, :7]), np.asarray(pred.forces[1, :7])
+  scale_f = np.abs(f).max()
+  assert scale_f > 1e-3
+  np.testing.assert_allclose(f @ rot.T, f_rot, atol=1e-4 * scale_f)
+  stress, stress_rot = np.asarray(pred.stress[0]), np.asarray(pred.stress[1])
+  np.testing.assert_allclose(stress, stress.T, atol=1e-5 * np.abs(stress).max())
+  np.testing.assert_allclose(rot @ stress @ rot.T, stress_rot, atol=1e-4 * np.abs(stress).max())
+  # The paper's node head on raw vectors is not equivariant (what 90° augmentation is for).
+  paper = small_config()
+  paper_vars = force_stress.init(paper, jax.random.PRNGKey(5), batch)
+  p = predict(paper, paper_vars, batch)
+  assert not np.allclose(np.asarray(p.forces[0, :7]) @ rot.T, p.forces[1, :7], atol=1e-3)
+  # Rigid translation changes nothing (no plane atoms).
+  moved = dataclasses.replace(batch, positions=batch.positions + jnp.asarray([0.3, -0.2, 0.45]))
+  pred2 = predict(config, variables, moved)
+  np.testing.assert_allclose(pred2.forces, pred.forces, atol=1e-4 * scale_f)
+  np.testing.assert_allclose(pred2.stress, pred.stress, atol=1e-4 * np.abs(stress).max())
+
+
+def test_edge_heads_are_continuous_when_an_atom_crosses_the_cutoff():
+  """Moving a Li atom across the 4 Å cutoff of a Si atom changes the outputs smoothly."""
+  config = _edge_config()
+  lattice = Lattice.cubic(12.0)
+
+  def at(x):
+    return Structure(lattice, ["Si", "Li"], [[0, 0, 0], [x / 12.0, 0, 0]])
+
+  xs = [3.999, 4.0005]  # straddling the cutoff (Å)
+  batch = batch_of([at(x) for x in xs], batch_size=2)
+  variables = force_stress.init(config, jax.random.PRNGKey(0), batch)
+  pred = predict(config, variables, batch)
+  assert np.abs(np.asarray(pred.forces[0] - pred.forces[1])).max() < 1e-4
+  assert np.abs(np.asarray(pred.stress[0] - pred.stress[1])).max() < 1e-3
+  # The paper's mean aggregation over raw vectors jumps there.
+  paper = small_config(stress_head="global")
+  paper_vars = force_stress.init(paper, jax.random.PRNGKey(0), batch)
+  p = predict(paper, paper_vars, batch)
+  assert np.abs(np.asarray(p.stress[0] - p.stress[1])).max() > 1e-3
+
+
+def test_new_model_keys_validated_and_old_model_json_still_loads():
+  with pytest.raises(InputError, match="force_head"):
+    config_lib.validate_config(small_config(force_head="atom"))
+  with pytest.raises(InputError, match="edge_inputs"):
+    config_lib.validate_config(small_config(edge_inputs="fourier"))
+  old = config_lib.get_model_config().to_dict()
+  del old["force_head"], old["edge_inputs"]
+  loaded = config_lib.from_dict(old)
+  assert loaded.force_head == "node" and loaded.edge_inputs == "vector"

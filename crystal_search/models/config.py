@@ -7,7 +7,12 @@ import ml_collections
 from crystal_search.errors import InputError
 
 #: Stress heads of the force/stress model (paper appendix 7.4, Table 5).
-STRESS_HEADS = ("plane", "corner", "global")
+STRESS_HEADS = ("plane", "corner", "global", "virial")
+#: Force heads: the paper's per-node output, or ours, summed over edges along the bonds.
+FORCE_HEADS = ("node", "edge")
+EDGE_INPUTS = ("vector", "rbf")
+#: Keys added after the first models were saved, with the value those models were built with.
+ADDED_KEYS = {"force_head": "node", "edge_inputs": "vector"}
 ACTIVATIONS = ("softplus", "silu")
 DTYPES = ("float32", "float64")
 DERIVATIVES = ("fd", "autodiff")
@@ -29,7 +34,14 @@ def get_model_config() -> ml_collections.ConfigDict:
     stress_head: ``'plane'`` (fictitious atoms on the (100), (010), (001)
       planes; the paper's choice), ``'corner'`` (fictitious atoms on the cell
       corners) or ``'global'`` (set2set readout -> 6 components; atom-plane
-      distances appended to the node inputs).
+      distances appended to the node inputs) or ``'virial'`` (ours: a sum over
+      bonds of learned scalars times ``r (x) r / |r|``, divided by the volume).
+    force_head: ``'node'`` (the paper: an MLP of each atom's state -> 3) or
+      ``'edge'`` (ours: learned scalars times unit bond vectors, summed).
+    edge_inputs: ``'vector'`` (the paper's ``(r, |r|, |r|^2)``) or ``'rbf'``
+      (Gaussians of ``|r|`` with a smooth cutoff: rotation invariant; meant for the
+      'virial'/'global' stress heads, since plane/corner edges longer than the cutoff
+      get zero weight).
     activation: ``'softplus'`` or ``'silu'``.
     set2set_steps: processing steps of every set2set readout.
     dtype: ``'float32'`` or ``'float64'`` (parameters and computation).
@@ -47,6 +59,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   c.cutoff = 4.0
   c.max_images = 2
   c.stress_head = "plane"
+  c.force_head = "node"
+  c.edge_inputs = "vector"
   c.activation = "softplus"
   c.set2set_steps = 3
   c.dtype = "float32"
@@ -107,6 +121,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   for key in ("cutoff", "energy.fd_step", "energy.fd_strain"):
     need(isinstance(given[key], int | float) and given[key] > 0, key, "must be > 0")
   need(given["stress_head"] in STRESS_HEADS, "stress_head", f"must be one of {STRESS_HEADS}")
+  need(given["force_head"] in FORCE_HEADS, "force_head", f"must be one of {FORCE_HEADS}")
+  need(given["edge_inputs"] in EDGE_INPUTS, "edge_inputs", f"must be one of {EDGE_INPUTS}")
   need(given["activation"] in ACTIVATIONS, "activation", f"must be one of {ACTIVATIONS}")
   need(given["dtype"] in DTYPES, "dtype", f"must be one of {DTYPES}")
   need(given["energy.derivative"] in DERIVATIVES, "energy.derivative", f"one of {DERIVATIVES}")
@@ -123,6 +139,9 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
       return tuple(fix(v) for v in x)
     return x
 
+  d = dict(d)
+  for key, value in ADDED_KEYS.items():
+    d.setdefault(key, value)
   config = ml_collections.ConfigDict(fix(d))
   return validate_config(config)
 

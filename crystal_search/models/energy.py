@@ -32,7 +32,6 @@ from crystal_search.crystals import Crystals
 from crystal_search.force_fields.base import cartesian_gradients
 from crystal_search.models import megnet
 from crystal_search.models.config import validate_config
-from crystal_search.models.force_stress import _cast
 from crystal_search.units import EV_PER_A3_TO_KBAR
 
 
@@ -61,6 +60,8 @@ class EnergyNet(nn.Module):
   head_widths: tuple[int, ...] = (64, 32)
   act: str = "softplus"
   set2set_steps: int = 3
+  edge_inputs: str = "vector"
+  cutoff: float = 4.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -72,6 +73,8 @@ class EnergyNet(nn.Module):
       self.width,
       self.act,
       num_fictitious=0,
+      edge_inputs=self.edge_inputs,
+      cutoff=self.cutoff,
       dtype=self.dtype,
     )(graph)
     pooled = megnet.set2set_readout(v, e, graph, steps=self.set2set_steps, dtype=self.dtype)
@@ -83,40 +86,20 @@ class EnergyNet(nn.Module):
 
 def network(config: ml_collections.ConfigDict) -> EnergyNet:
   """The flax module for ``config``."""
-  return EnergyNet(
-    elements=tuple(config.elements),
-    embed_dim=config.embed_dim,
-    num_blocks=config.num_blocks,
-    width=config.width,
-    head_widths=tuple(config.head_widths),
-    act=config.activation,
-    set2set_steps=config.set2set_steps,
-    dtype=jnp.dtype(config.dtype),
-  )
+  return EnergyNet(**megnet.module_kwargs(config))
 
 
 def make_graph(
   config: ml_collections.ConfigDict, crystals: Crystals, *, capacity: int
 ) -> tuple[jraph.GraphsTuple, jax.Array]:
   """The energy model's graph (no fictitious nodes) and overflow ``[B]``."""
-  return graphs.graph_from_crystals(
-    _cast(config, crystals),
-    cutoff=float(config.cutoff),
-    capacity=capacity,
-    images=int(config.max_images),
-    fictitious=None,
-  )
+  return megnet.model_graph(config, crystals, capacity=capacity, fictitious=None)
 
 
 def init(config: ml_collections.ConfigDict, rng: jax.Array, crystals: Crystals) -> dict:
   """Random parameters, normalisation mean 0 / std 1: ``{'params', 'normalization'}``."""
   validate_config(config)
-  capacity = max(1, graphs.required_capacity(crystals, float(config.cutoff)))
-  frozen = ml_collections.FrozenConfigDict(config)
-  graph, _ = jax.jit(make_graph, static_argnums=0, static_argnames="capacity")(
-    frozen, crystals, capacity=capacity
-  )
-  params = jax.jit(network(config).init)(rng, graph)["params"]
+  params = megnet.init_params(network(config), make_graph, config, rng, crystals)
   dtype = jnp.dtype(config.dtype)
   return {
     "params": params,
@@ -256,7 +239,7 @@ def energy_forces_stress(
       steps) or ``'autodiff'``; None takes ``config.energy.derivative``.
   """
   derivative = derivative or config.energy.derivative
-  crystals = _cast(config, crystals)
+  crystals = megnet.cast_crystals(config, crystals)
   pred = apply(config, variables, crystals, capacity=capacity)
   energy_fn = lambda c: apply(config, variables, c, capacity=capacity).energy
   if derivative == "autodiff":

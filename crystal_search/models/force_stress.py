@@ -10,6 +10,17 @@ with the global state, linear -> 3.  Stress head (``config.stress_head``):
 * ``'global'``: set2set of the real nodes and edges joined with the global
   state, MLP -> 6 Voigt components (xx, yy, zz, yz, xz, xy); the atom-plane
   distances are appended to the atom inputs (appendix 7.4).
+* ``'virial'`` (ours, not in the paper): a virial-like sum over the atom–atom edges,
+  ``S = (V0 / V) sum_ij w_ij r_ij (x) r_ij / |r_ij| + s(u) I`` with a scalar ``w_ij`` per edge
+  (MLP of the edge, its two atoms and the global state, times the cosine envelope), ``V`` the
+  cell volume and ``V0`` = :data:`VIRIAL_VOLUME` Å^3 a fixed scale; symmetric by construction
+  and rotation-equivariant.
+
+Force head (``config.force_head``): ``'node'`` is the paper's (above); ``'edge'`` (ours) sums
+scalar edge weights times the unit bond vectors, ``F_i = sum_j w_ij r_ij / |r_ij|``, again
+with an MLP of the edge, its atoms and the global state times the envelope.  With
+``edge_inputs='rbf'`` (rotation-invariant edge inputs) the edge heads make forces and stress
+exactly rotation-equivariant, so no capacity is spent learning rotations from 90° augmentation.
 
 Targets are standardised; the statistics live in the variables::
 
@@ -33,7 +44,6 @@ import ml_collections
 import numpy as np
 from flax import struct
 
-from crystal_search import graphs
 from crystal_search.crystals import Crystals
 from crystal_search.models import megnet
 from crystal_search.models.config import validate_config
@@ -59,9 +69,14 @@ class Prediction:
   overflow: jax.Array
 
 
+#: Scale ``V0`` (Å^3) of the virial stress head: Li–Si cells hold about 1.5 bonds within 4 Å
+#: per Å^3 of about 3 Å each, so ``V0 = 0.25`` keeps the sum of order one at initialisation.
+VIRIAL_VOLUME = 0.25
+
+
 def fictitious_kind(config: ml_collections.ConfigDict) -> str | None:
-  """Fictitious nodes the graph needs: ``'plane'``, ``'corner'`` or None (global head)."""
-  return {"plane": "plane", "corner": "corner", "global": None}[config.stress_head]
+  """Fictitious nodes the graph needs: ``'plane'``, ``'corner'`` or None (global/virial head)."""
+  return {"plane": "plane", "corner": "corner", "global": None, "virial": None}[config.stress_head]
 
 
 def _voigt_to_matrix(x: jax.Array) -> jax.Array:
@@ -80,12 +95,25 @@ class ForceStressNet(nn.Module):
   head_widths: tuple[int, ...] = (64, 32)
   act: str = "softplus"
   stress_head: str = "plane"
+  force_head: str = "node"
+  edge_inputs: str = "vector"
+  cutoff: float = 4.0
   set2set_steps: int = 3
   dtype: jnp.dtype = jnp.float32
 
+  def _edge_scalars(self, name, v, e, u, graph, num_graphs):
+    """Per-edge scalars ``[Ed, 1]`` (MLP of edge, both atoms, global) times the envelope."""
+    u_edges = jnp.repeat(u, e.shape[0] // num_graphs, axis=0)
+    x = jnp.concatenate([e, v[graph.receivers], v[graph.senders], u_edges], axis=-1)
+    x = megnet.MLP(self.head_widths, self.act, dtype=self.dtype, name=f"{name}_mlp")(x)
+    w = nn.Dense(1, dtype=self.dtype, param_dtype=self.dtype, name=f"{name}_out")(x)
+    d = megnet.safe_norm(graph.edges["vectors"].astype(self.dtype))
+    real = graph.edges["real"][:, None].astype(self.dtype)
+    return w * megnet.cosine_envelope(d, self.cutoff) * real, d
+
   @nn.compact
   def __call__(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
-    p = 0 if self.stress_head == "global" else 3
+    p = 3 if self.stress_head in ("plane", "corner") else 0
     v, e, u = megnet.MEGNet(
       self.elements,
       self.embed_dim,
@@ -94,6 +122,8 @@ class ForceStressNet(nn.Module):
       self.act,
       num_fictitious=p,
       plane_inputs=self.stress_head == "global",
+      edge_inputs=self.edge_inputs,
+      cutoff=self.cutoff,
       dtype=self.dtype,
     )(graph)
     b = graph.n_node.shape[0]
@@ -102,13 +132,27 @@ class ForceStressNet(nn.Module):
     vs = v.reshape(b, per, -1)
     mlp = lambda: megnet.MLP(self.head_widths, self.act, dtype=self.dtype)
     dense = lambda k: nn.Dense(k, dtype=self.dtype, param_dtype=self.dtype)
+    vectors = graph.edges["vectors"].astype(self.dtype)
     # Forces on real atoms.
-    atoms = mlp()(vs[:, :n])
-    u_atoms = jnp.broadcast_to(u[:, None, :], (b, n, u.shape[-1]))
-    forces = dense(3)(jnp.concatenate([atoms, u_atoms], axis=-1))
+    if self.force_head == "node":
+      atoms = mlp()(vs[:, :n])
+      u_atoms = jnp.broadcast_to(u[:, None, :], (b, n, u.shape[-1]))
+      forces = dense(3)(jnp.concatenate([atoms, u_atoms], axis=-1))
+    else:
+      w, d = self._edge_scalars("force", v, e, u, graph, b)
+      unit = vectors / jnp.where(d > 0, d, 1.0)
+      per_node = jax.ops.segment_sum(w * unit, graph.receivers, num_segments=v.shape[0])
+      forces = per_node.reshape(b, per, 3)[:, :n]
     forces = forces * graph.nodes["real"].reshape(b, per)[:, :n, None]
     # Stress.
-    if p:
+    if self.stress_head == "virial":
+      w, d = self._edge_scalars("stress", v, e, u, graph, b)
+      outer = (w / jnp.where(d > 0, d, 1.0))[:, :, None] * vectors[:, :, None] * vectors[:, None, :]
+      volume = jnp.maximum(graph.globals["volume"].astype(self.dtype), 1e-6)
+      virial = jnp.sum(outer.reshape(b, -1, 3, 3), axis=1) * (VIRIAL_VOLUME / volume)[:, None, None]
+      iso = dense(1)(mlp()(u))[:, 0]
+      stress = virial + iso[:, None, None] * jnp.eye(3, dtype=self.dtype)
+    elif p:
       fict = mlp()(vs[:, n:])
       u_fict = jnp.broadcast_to(u[:, None, :], (b, p, u.shape[-1]))
       rows = dense(3)(jnp.concatenate([fict, u_fict], axis=-1))  # [B, 3, 3], row k from node k
@@ -124,26 +168,9 @@ class ForceStressNet(nn.Module):
 def network(config: ml_collections.ConfigDict) -> ForceStressNet:
   """The flax module for ``config``."""
   return ForceStressNet(
-    elements=tuple(config.elements),
-    embed_dim=config.embed_dim,
-    num_blocks=config.num_blocks,
-    width=config.width,
-    head_widths=tuple(config.head_widths),
-    act=config.activation,
+    **megnet.module_kwargs(config),
     stress_head=config.stress_head,
-    set2set_steps=config.set2set_steps,
-    dtype=jnp.dtype(config.dtype),
-  )
-
-
-def _cast(config, crystals: Crystals) -> Crystals:
-  dtype = jnp.dtype(config.dtype)
-  return Crystals(
-    positions=jnp.asarray(crystals.positions, dtype),
-    lattice=jnp.asarray(crystals.lattice, dtype),
-    atomic_numbers=jnp.asarray(crystals.atomic_numbers, jnp.int32),
-    mask=jnp.asarray(crystals.mask, bool),
-    n_atoms=jnp.asarray(crystals.n_atoms, jnp.int32),
+    force_head=config.force_head,
   )
 
 
@@ -151,13 +178,7 @@ def make_graph(
   config: ml_collections.ConfigDict, crystals: Crystals, *, capacity: int
 ) -> tuple[jraph.GraphsTuple, jax.Array]:
   """The model's graph of a batch and the overflow flags ``[B]`` (jittable, ``capacity`` static)."""
-  return graphs.graph_from_crystals(
-    _cast(config, crystals),
-    cutoff=float(config.cutoff),
-    capacity=capacity,
-    images=int(config.max_images),
-    fictitious=fictitious_kind(config),
-  )
+  return megnet.model_graph(config, crystals, capacity=capacity, fictitious=fictitious_kind(config))
 
 
 def default_normalization(dtype=jnp.float32) -> dict[str, jax.Array]:
@@ -182,16 +203,8 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, crystals: Crystals) 
     ``{'params': ..., 'normalization': {...}}``.
   """
   validate_config(config)
-  capacity = max(1, graphs.required_capacity(crystals, float(config.cutoff)))
-  graph, _ = jax.jit(make_graph, static_argnums=0, static_argnames="capacity")(
-    _frozen(config), crystals, capacity=capacity
-  )
-  params = jax.jit(network(config).init)(rng, graph)["params"]
+  params = megnet.init_params(network(config), make_graph, config, rng, crystals)
   return {"params": params, "normalization": default_normalization(jnp.dtype(config.dtype))}
-
-
-def _frozen(config):
-  return ml_collections.FrozenConfigDict(config)
 
 
 def set_normalization(variables: dict, *, force_mean, force_std, stress_mean, stress_std) -> dict:

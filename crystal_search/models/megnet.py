@@ -27,6 +27,8 @@ import jraph
 import numpy as np
 from pymatgen.core import Element
 
+from crystal_search import graphs
+from crystal_search.crystals import Crystals
 from crystal_search.errors import InputError
 
 
@@ -100,8 +102,37 @@ def _per_graph_mean(x: jax.Array, mask: jax.Array, num_graphs: int) -> jax.Array
   return jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
 
 
+#: Neighbour count that normalises smooth (envelope-weighted) sums over edges.
+SMOOTH_NEIGHBORS = 16.0
+
+
+def cosine_envelope(distances: jax.Array, cutoff: float) -> jax.Array:
+  """``(cos(pi d / r_c) + 1) / 2`` for ``d < r_c``, else 0 (continuous with its derivative)."""
+  x = jnp.clip(distances / cutoff, 0.0, 1.0)
+  return 0.5 * (jnp.cos(jnp.pi * x) + 1.0)
+
+
+def safe_norm(vectors: jax.Array) -> jax.Array:
+  """``|r|`` ``[..., 1]`` with zero value and zero gradient at ``r = 0`` (padding edges)."""
+  sq = jnp.sum(vectors * vectors, axis=-1, keepdims=True)
+  return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+
+
+def radial_basis(distances: jax.Array, cutoff: float, num: int) -> jax.Array:
+  """Gaussians ``[..., num]`` of ``distances [..., 1]`` (Å) centred on ``linspace(0, r_c)``."""
+  centers = jnp.linspace(0.0, cutoff, num, dtype=distances.dtype)
+  width = cutoff / (num - 1)
+  return jnp.exp(-(((distances - centers) / width) ** 2))
+
+
 class MEGNetBlock(nn.Module):
-  """One MEGNet block with residual connections (see module docstring)."""
+  """One MEGNet block with residual connections (see module docstring).
+
+  With ``edge_weight`` (``[Ed, 1]``, the cosine envelope of each edge's length, zero on
+  padding) the block is *smooth*: nodes sum their incoming edges weighted by it and divided by
+  :data:`SMOOTH_NEIGHBORS`, and the global state takes envelope-weighted edge means, so the
+  outputs are continuous when an atom crosses the cutoff (MEGNet's plain means are not).
+  """
 
   width: int
   act: str = "softplus"
@@ -109,7 +140,12 @@ class MEGNetBlock(nn.Module):
 
   @nn.compact
   def __call__(
-    self, v: jax.Array, e: jax.Array, u: jax.Array, graph: jraph.GraphsTuple
+    self,
+    v: jax.Array,
+    e: jax.Array,
+    u: jax.Array,
+    graph: jraph.GraphsTuple,
+    edge_weight: jax.Array | None = None,
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     num_graphs = graph.n_node.shape[0]
     num_nodes = v.shape[0]
@@ -121,13 +157,23 @@ class MEGNetBlock(nn.Module):
 
     e_in = jnp.concatenate([e, v[graph.receivers], v[graph.senders], u_edges], axis=-1)
     e_new = mlp()(e_in) * edge_mask
-    summed = jax.ops.segment_sum(e_new, graph.receivers, num_segments=num_nodes)
-    degree = jax.ops.segment_sum(edge_mask, graph.receivers, num_segments=num_nodes)
-    agg = summed / jnp.maximum(degree, 1.0)
+    if edge_weight is None:
+      summed = jax.ops.segment_sum(e_new, graph.receivers, num_segments=num_nodes)
+      degree = jax.ops.segment_sum(edge_mask, graph.receivers, num_segments=num_nodes)
+      agg = summed / jnp.maximum(degree, 1.0)
+    else:
+      weighted = e_new * edge_weight
+      agg = jax.ops.segment_sum(weighted, graph.receivers, num_segments=num_nodes)
+      agg = agg / SMOOTH_NEIGHBORS
     v_new = mlp()(jnp.concatenate([agg, v, u_nodes], axis=-1)) * node_mask
     # The global state reads real atoms and real edges only.
     v_mean = _per_graph_mean(v_new, graph.nodes["real"], num_graphs)
-    e_mean = _per_graph_mean(e_new, graph.edges["real"], num_graphs)
+    if edge_weight is None:
+      e_mean = _per_graph_mean(e_new, graph.edges["real"], num_graphs)
+    else:
+      w = (edge_weight[:, 0] * graph.edges["real"].astype(e.dtype)).reshape(num_graphs, -1, 1)
+      es = e_new.reshape(num_graphs, -1, e_new.shape[-1])
+      e_mean = jnp.sum(es * w, axis=1) / (jnp.sum(w, axis=1) + 1.0)
     u_new = mlp()(jnp.concatenate([e_mean, v_mean, u], axis=-1))
     u_new = u_new * graph.globals["mask"][:, None].astype(u.dtype)
     return v + v_new, e + e_new, u + u_new
@@ -141,6 +187,9 @@ class MEGNet(nn.Module):
     num_fictitious: fictitious node kinds (3 or 0); each gets its own embedding.
     plane_inputs: append the atom-plane distances (Å) to the atom inputs
       (the ``'global'`` stress head of appendix 7.4).
+    edge_inputs: ``'vector'`` (the paper: ``(r_ij, |r_ij|, |r_ij|^2)``, not rotation
+      invariant) or ``'rbf'`` (``num_rbf`` Gaussians of ``|r_ij|`` times the cosine
+      envelope of ``cutoff`` Å: rotation invariant, and every block smooth at the cutoff).
   """
 
   elements: tuple[str, ...]
@@ -150,6 +199,9 @@ class MEGNet(nn.Module):
   act: str = "softplus"
   num_fictitious: int = 3
   plane_inputs: bool = False
+  edge_inputs: str = "vector"
+  cutoff: float = 4.0
+  num_rbf: int = 16
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -174,11 +226,17 @@ class MEGNet(nn.Module):
     node_mask = graph.nodes["mask"][:, None].astype(self.dtype)
     edge_mask = graph.edges["mask"][:, None].astype(self.dtype)
     v = MLP((self.width,), self.act, dtype=self.dtype)(v) * node_mask
-    e = MLP((self.width,), self.act, dtype=self.dtype)(graph.edges["features"].astype(self.dtype))
+    if self.edge_inputs == "vector":
+      features, weight = graph.edges["features"].astype(self.dtype), None
+    else:
+      d = safe_norm(graph.edges["vectors"].astype(self.dtype))
+      weight = cosine_envelope(d, self.cutoff) * edge_mask
+      features = radial_basis(d, self.cutoff, self.num_rbf) * weight
+    e = MLP((self.width,), self.act, dtype=self.dtype)(features)
     e = e * edge_mask
     u = jnp.zeros((num_graphs, self.width), self.dtype)  # global state starts at 0
     for _ in range(self.num_blocks):
-      v, e, u = MEGNetBlock(self.width, self.act, self.dtype)(v, e, u, graph)
+      v, e, u = MEGNetBlock(self.width, self.act, self.dtype)(v, e, u, graph, weight)
     return v, e, u
 
 
@@ -217,3 +275,58 @@ def set2set_readout(
   node_part = Set2Set(steps, dtype)(vs, graph.nodes["real"].reshape(num_graphs, -1))
   edge_part = Set2Set(steps, dtype)(es, graph.edges["real"].reshape(num_graphs, -1))
   return jnp.concatenate([node_part, edge_part], axis=-1)
+
+
+def module_kwargs(config) -> dict:
+  """The constructor arguments every network here shares, read from a model config."""
+  return dict(
+    elements=tuple(config.elements),
+    embed_dim=config.embed_dim,
+    num_blocks=config.num_blocks,
+    width=config.width,
+    head_widths=tuple(config.head_widths),
+    act=config.activation,
+    set2set_steps=config.set2set_steps,
+    edge_inputs=config.edge_inputs,
+    cutoff=float(config.cutoff),
+    dtype=jnp.dtype(config.dtype),
+  )
+
+
+def cast_crystals(config, crystals: Crystals) -> Crystals:
+  """``crystals`` as JAX arrays in the model's float dtype (positions, lattice)."""
+  dtype = jnp.dtype(config.dtype)
+  return Crystals(
+    positions=jnp.asarray(crystals.positions, dtype),
+    lattice=jnp.asarray(crystals.lattice, dtype),
+    atomic_numbers=jnp.asarray(crystals.atomic_numbers, jnp.int32),
+    mask=jnp.asarray(crystals.mask, bool),
+    n_atoms=jnp.asarray(crystals.n_atoms, jnp.int32),
+  )
+
+
+def model_graph(
+  config, crystals: Crystals, *, capacity: int, fictitious: str | None
+) -> tuple[jraph.GraphsTuple, jax.Array]:
+  """The graph of a batch for a model config, and overflow flags ``[B]`` (jittable)."""
+  return graphs.graph_from_crystals(
+    cast_crystals(config, crystals),
+    cutoff=float(config.cutoff),
+    capacity=capacity,
+    images=int(config.max_images),
+    fictitious=fictitious,
+  )
+
+
+def init_params(module: nn.Module, make_graph: Callable, config, rng: jax.Array, crystals):
+  """Random parameters of ``module`` on the graph ``make_graph(config, crystals, capacity=)``.
+
+  The capacity is the example batch's own (only shapes matter); ``config`` must be validated.
+  """
+  import ml_collections
+
+  capacity = max(1, graphs.required_capacity(crystals, float(config.cutoff)))
+  graph, _ = jax.jit(make_graph, static_argnums=0, static_argnames="capacity")(
+    ml_collections.FrozenConfigDict(config), crystals, capacity=capacity
+  )
+  return jax.jit(module.init)(rng, graph)["params"]
