@@ -220,6 +220,7 @@ def _config(name, arg=None):
     ("md_baseline", None),
     ("stress_heads", "corner"),
     ("stress_heads", "global,paper"),
+    ("stress_heads", "virial"),
   ],
 )
 def test_every_experiment_config_is_valid(name, arg):
@@ -234,6 +235,7 @@ def test_config_values_of_the_paper():
   assert c.learning_rate == 1e-3 and c.lr_halving_epochs == 15
   assert c.augment.rotate_fraction == 0.5 and c.augment.noise_fraction == 0.3
   assert c.model.stress_head == "plane" and c.model.cutoff == 4.0
+  assert c.model.force_head == "node" and c.model.edge_inputs == "vector"
   assert c.model.num_blocks == 7 and c.model.width == 64 and c.model.embed_dim == 16
   assert c.data.max_train_frames == 0
   cpu = _config("default")
@@ -248,6 +250,10 @@ def test_config_values_of_the_paper():
   assert energy.model_kind == "energy" and energy.augment.noise_fraction == 0.0
   assert energy.augment.rotate_fraction == 0.5
   assert _config("stress_heads", "global").model.stress_head == "global"
+  # The paper's heads on the paper's trunk; the CPU default and the 'virial' row use ours.
+  assert _config("stress_heads", "corner").model.force_head == "node"
+  assert (cpu.model.force_head, cpu.model.stress_head) == ("edge", "virial")
+  assert _config("stress_heads", "virial").model.edge_inputs == "rbf"
 
 
 @pytest.mark.parametrize(
