@@ -77,6 +77,14 @@ def parse_arg(arg: str | None) -> tuple[list[str], str]:
   return parts, scale
 
 
+def scale_only(arg: str | None, name: str) -> str:
+  """The scale of a config that takes no other argument (``'cpu'`` or ``'paper'``)."""
+  parts, scale = parse_arg(arg)
+  if parts:
+    raise ValueError(f"{name} takes only 'cpu' or 'paper', got {arg!r}")
+  return scale
+
+
 def base_config(scale: str = "cpu") -> ml_collections.ConfigDict:
   """The paper's configuration at ``scale``."""
   c = training.get_default_config()

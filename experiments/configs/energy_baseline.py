@@ -15,9 +15,7 @@ from experiments.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  parts, scale = default.parse_arg(arg)
-  if parts:
-    raise ValueError(f"energy_baseline.py takes only 'cpu' or 'paper', got {arg!r}")
+  scale = default.scale_only(arg, "energy_baseline.py")
   c = default.base_config(scale)
   c.model_kind = "energy"
   c.augment.rotate_fraction = 0.5

@@ -14,9 +14,7 @@ from experiments.configs import data, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  parts, scale = default.parse_arg(arg)
-  if parts:
-    raise ValueError(f"md_baseline.py takes only 'cpu' or 'paper', got {arg!r}")
+  scale = default.scale_only(arg, "md_baseline.py")
   c = default.base_config(scale)
   c.data.path = data.MD_PATH
   c.batch_size = 8

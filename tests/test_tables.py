@@ -1,0 +1,76 @@
+"""Results tables (experiments.make_tables) and the reproduce driver's job list."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import reproduce
+
+
+def _report(force, stress, relaxed, traj, found=0):
+  test = dict(force_mae=force, stress_mae=stress, relaxed_match=relaxed, trajectory_match=traj)
+  holdout = dict(test, experimental_found=found, experimental_in_teacher=1)
+  return {"test": test, "holdout": holdout, "wall_time_s": 10.0}
+
+
+def _write(tmp_path, name, report):
+  d = tmp_path / name
+  d.mkdir()
+  (d / "eval.json").write_text(json.dumps(report))
+  return str(d)
+
+
+def test_seeds_become_mean_and_std_and_rows_land_in_the_paper_tables(tmp_path):
+  runs = [
+    (_write(tmp_path, "a", _report(0.05, 2.0, 0.4, 0.6)), "GNN noise=0.01"),
+    (_write(tmp_path, "b", _report(0.07, 3.0, 0.2, 0.7, found=1)), "GNN noise=0.01"),
+    (_write(tmp_path, "c", _report(0.5, 10.0, 0.1, 0.3)), "MEAM"),
+    (_write(tmp_path, "d", _report(0.3, 20.0, 0.0, 0.1)), "energy GNN"),
+    (_write(tmp_path, "e", _report(0.04, 3.1, 0.1, 0.3)), "GNN stress=corner"),
+  ]
+  out = tmp_path / "results"
+  cmd = [sys.executable, "-m", "experiments.make_tables", f"--output_dir={out}"]
+  cmd += ["--runs=" + ",".join(r for r, _ in runs), "--row_names=" + ",".join(n for _, n in runs)]
+  subprocess.run(cmd, check=True, capture_output=True, cwd=os.getcwd())
+  summary = json.loads((out / "summary.json").read_text())["rows"]
+  row = summary["GNN noise=0.01"]
+  assert row["seeds"] == 2
+  assert row["force_mae"]["mean"] == pytest.approx(0.06)
+  assert row["force_mae"]["std"] > 0
+  assert row["holdout"]["experimental_found"]["mean"] == pytest.approx(0.5)
+  text = (out / "tables.md").read_text()
+  table2 = text.split("## Table 2")[1].split("## Table 3")[0]
+  assert "energy GNN" in table2 and "0.24 / 18.7" in table2  # the paper's numbers beside ours
+  assert "GNN noise=0.01" not in table2
+  table5 = text.split("## Table 5")[1]
+  assert "GNN stress=corner" in table5 and "0.03 / 3.09" in table5
+
+
+def test_missing_eval_is_one_line(tmp_path):
+  cmd = [sys.executable, "-m", "experiments.make_tables", f"--runs={tmp_path}/nothing"]
+  done = subprocess.run(cmd, capture_output=True, text=True)
+  assert done.returncode != 0
+  assert "no such file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_reproduce_lists_every_row_of_the_paper():
+  jobs = reproduce.jobs(reproduce.ROWS, "cpu", {"0", "1", "2"})
+  rows = [ev.row for job in jobs for ev in job.evaluations]
+  assert sum(r.startswith("GNN noise=") for r in rows) == 12
+  assert {"GNN noise=0", "GNN noise=0.03", "MEAM", "energy GNN", "GNN (MD data) on MD"} <= set(rows)
+  assert {"GNN stress=plane", "GNN stress=virial"} <= set(rows)
+  assert len({job.workdir for job in jobs}) == len(jobs)
+  with pytest.raises(Exception, match="unknown row"):
+    reproduce.jobs(["tabel1"], "cpu", {"0"})
+
+
+def test_reproduce_dry_run_prints_resumable_commands(tmp_path):
+  cmd = [sys.executable, "-m", "experiments.reproduce", "--rows=noise_sweep", "--seeds=1"]
+  cmd += [f"--runs_dir={tmp_path}", "--dry_run", "--set=num_epochs=3"]
+  done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+  train = [line for line in done.stdout.splitlines() if "experiments.train" in line]
+  assert len(train) == 4 and all("--config.num_epochs=3" in line for line in train)
+  assert "noise_sweep.py:0.03,1,cpu" in done.stdout
