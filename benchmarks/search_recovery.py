@@ -33,6 +33,27 @@ def _machine() -> dict:
   }
 
 
+def _model_info() -> dict:
+  from crystal_search.search import PRETRAINED_DIR
+
+  info = {}
+  for name in ("force_stress", "energy"):
+    path = os.path.join(PRETRAINED_DIR, name, "model.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        meta = json.load(f)
+      meta = meta.get("metadata", {})
+      info[name] = {
+        "data_version": meta.get("data_version"),
+        "test_metrics": meta.get("test_metrics", {}).get("test"),
+        "network": {
+          k: meta.get("training_config", {}).get("model", {}).get(k)
+          for k in ("num_blocks", "width", "force_head", "stress_head", "edge_inputs")
+        },
+      }
+  return info
+
+
 def _search(kind: str, composition: str, n: int, seed: int, max_steps: int) -> dict:
   from crystal_search import search
 
@@ -92,7 +113,7 @@ def _ase_fire_seconds_per_structure(composition: str, n: int, seed: int, fmax: f
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--compositions", default="LiSi,Li15Si4")
-  p.add_argument("--num_structures", default="32,128")
+  p.add_argument("--num_structures", default="16,64,128")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--teacher_num_structures", type=int, default=16)
   p.add_argument("--fire_structures", type=int, default=4)
@@ -113,7 +134,8 @@ def main() -> None:
     teacher.append(_search("chgnet", comp, args.teacher_num_structures, 0, args.max_steps))
     print(json.dumps(teacher[-1]))
   fire = _ase_fire_seconds_per_structure(comps[0], args.fire_structures, 0, fmax=0.05)
-  model_per = np.mean([r["wall_s_per_structure"] for r in runs])
+  model_per = float(np.mean([r["wall_s_per_structure"] for r in runs]))
+  teacher_per = float(np.mean([r["wall_s_per_structure"] for r in teacher]))
   summary = {
     "machine": _machine(),
     "model_runs": runs,
@@ -126,7 +148,25 @@ def main() -> None:
       for c in comps
       for n in sizes
     },
+    "best_ranks": {
+      f"{c}@{n}": [
+        r["best_rank"] for r in runs if r["composition"] == c and r["num_structures"] == n
+      ]
+      for c in comps
+      for n in sizes
+    },
+    "teacher_recovery": {
+      f"{r['composition']}@{r['num_structures']}": {
+        "found": r["found"],
+        "best_rank": r["best_rank"],
+      }
+      for r in teacher
+    },
+    "model_pipeline_s_per_structure": model_per,
+    "teacher_pipeline_s_per_structure": teacher_per,
     "speed_ratio_model_vs_chgnet_fire_per_structure": fire["wall_s_per_structure"] / model_per,
+    "speed_ratio_model_vs_teacher_pipeline_per_structure": teacher_per / model_per,
+    "model": _model_info(),
   }
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:

@@ -159,15 +159,9 @@ def run_job(
     job.formula, seed=job.seed, index=job.index, config=random_config
   )
   metadata = {
-    "name": job.name,
-    "formula": job.formula,
-    "seed": job.seed,
-    "index": job.index,
-    "source": "teacher-relaxation",
+    **_job_metadata(job, relax_settings),
     "random_structure": {k: (float(v) if isinstance(v, float) else v) for k, v in info.items()},
     "random_config": dataclasses.asdict(random_config),
-    "relax_settings": dict(relax_settings),
-    "versions": package_versions(),
     **teacher_info,
   }
   if structure is None:
@@ -233,11 +227,9 @@ def _resolved_relax_config(settings: dict, relax_fn) -> dict | None:
     return None
 
 
-def _write_exception(job: Job, error: Exception, output_dir: str, relax_settings, teacher_info):
-  """Record a relaxation that raised as failed (zero frames) so the run goes on and skips it."""
-  text = str(error).strip().splitlines()
-  reason = f"exception {type(error).__name__}: {text[0][:200] if text else ''}"
-  metadata = {
+def _job_metadata(job: Job, relax_settings) -> dict:
+  """What every stored relaxation records about its job and the software that ran it."""
+  return {
     "name": job.name,
     "formula": job.formula,
     "seed": job.seed,
@@ -245,6 +237,15 @@ def _write_exception(job: Job, error: Exception, output_dir: str, relax_settings
     "source": "teacher-relaxation",
     "relax_settings": dict(relax_settings),
     "versions": package_versions(),
+  }
+
+
+def _write_exception(job: Job, error: Exception, output_dir: str, relax_settings, teacher_info):
+  """Record a relaxation that raised as failed (zero frames) so the run goes on and skips it."""
+  text = str(error).strip().splitlines()
+  reason = f"exception {type(error).__name__}: {text[0][:200] if text else ''}"
+  metadata = {
+    **_job_metadata(job, relax_settings),
     **teacher_info,
     "converged": False,
     "failed": True,
