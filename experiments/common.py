@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from crystal_search.errors import InputError
 
@@ -13,10 +13,15 @@ from crystal_search.errors import InputError
 def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
   """``absl.app.run`` that turns :class:`InputError` (and flag errors) into one line on stderr.
 
-  Exit codes: 0 success, 1 bad input, 130 interrupted.
+  Exit codes: 0 success, 1 bad input, 130 interrupted.  Library INFO logs (orbax, jax) are
+  hidden unless ``--verbosity`` (absl) or a binary's own ``--verbose`` asks for them.
   """
 
   def wrapped(args: list[str]) -> None:
+    fl = flags.FLAGS
+    verbose = "verbose" in fl and fl["verbose"].value
+    if not fl["verbosity"].present and not verbose:
+      logging.set_verbosity(logging.WARNING)  # orbax and jax log every load/save at INFO
     try:
       main(args)
     except InputError as e:
