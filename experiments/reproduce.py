@@ -65,6 +65,11 @@ class Job:
   evaluations: tuple[Evaluation, ...]
 
 
+def _single(workdir: str, config: str, row: str) -> Job:
+  """A run of ``experiments/configs/CONFIG`` with one evaluation on the default test set."""
+  return Job(workdir, f"experiments/configs/{config}", (Evaluation(row),))
+
+
 def jobs(rows, scale: str, seeds) -> list[Job]:
   """The jobs of ``rows`` at ``scale`` (run directories relative to ``--runs_dir``)."""
   from experiments.configs import data, noise_sweep
@@ -74,15 +79,11 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
     if row not in ROWS:
       raise InputError(f"--rows: unknown row {row!r} (known: {', '.join(ROWS)})")
     if row == "noise_sweep":
-      for noise, seed in noise_sweep.SWEEP:
-        if str(seed) in seeds:
-          out.append(
-            Job(
-              f"noise_{noise}_seed_{seed}",
-              f"experiments/configs/noise_sweep.py:{noise},{seed},{scale}",
-              (Evaluation(f"GNN noise={noise:g}"),),
-            )
-          )
+      out += [
+        _single(f"noise_{n}_seed_{k}", f"noise_sweep.py:{n},{k},{scale}", f"GNN noise={n:g}")
+        for n, k in noise_sweep.SWEEP
+        if str(k) in seeds
+      ]
     elif row == "md":
       on_md = Evaluation("GNN (MD data) on MD", "eval_md", (f"--dataset={data.MD_PATH}",))
       out.append(
@@ -106,14 +107,10 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
     elif row == "stress_heads":
       from experiments.configs import stress_heads
 
-      for head in stress_heads.HEADS:
-        out.append(
-          Job(
-            f"stress_{head}",
-            f"experiments/configs/stress_heads.py:{head},{scale}",
-            (Evaluation(f"GNN stress={head}"),),
-          )
-        )
+      out += [
+        _single(f"stress_{h}", f"stress_heads.py:{h},{scale}", f"GNN stress={h}")
+        for h in stress_heads.HEADS
+      ]
     elif row == "meam":
       flags_ = ("--force_field=meam", f"--dataset={data.DEFAULT_PATH}")
       out.append(Job("meam", None, (Evaluation("MEAM", "eval", flags_),)))
