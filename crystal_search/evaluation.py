@@ -6,7 +6,7 @@
   field through our relaxer with the teacher's settings for the teacher's number of steps; the
   *relaxed-structure match* is the fraction whose last structure matches the teacher's last, the
   *matches in trajectory* the fraction of steps ``k`` at which the two structures match, averaged
-  over trajectories (:mod:`crystal_search.metrics`);
+  over trajectories (:mod:`crystal_search.metrics`), and the fraction matched at each step;
 * :func:`experimental_recovery`: how many teacher trajectories end in a reference structure (the
   held-out Li15Si4 experimental phase) and how many of those the force field reproduces.
 """
@@ -110,7 +110,7 @@ def trajectory_scores(
   results = relax.relax_structures(
     starts, force_field, trajectory_every=1, progress=progress, **overrides
   )
-  final_matches, fractions, failed = [], [], 0
+  final_matches, fractions, per_step, failed = [], [], [], 0
   for g, r, start in zip(groups, results, starts, strict=True):
     teacher = [trajectories.structure(int(i)) for i in g]
     numbers = start.atomic_numbers
@@ -122,14 +122,34 @@ def trajectory_scores(
     failed += int(r.failed)
     # Steps past the model's end (a failed run stops early) compare the model's last structure.
     model = (model + [model[-1]] * len(teacher))[: len(teacher)]
-    fractions.append(metrics.trajectory_match(model, teacher, matcher=matcher))
+    hits = metrics.trajectory_matches(model, teacher, matcher=matcher)
+    per_step.append(hits)
+    fractions.append(float(np.mean(hits)))
     final_matches.append(metrics.structures_match(model[-1], teacher[-1], matcher=matcher))
   return {
     "relaxed_match": float(np.mean(final_matches)),
     "trajectory_match": float(np.mean(fractions)),
     "trajectories": len(groups),
     "failed": failed,
+    "matched_by_step": matched_by_step(per_step),
   }
+
+
+def matched_by_step(per_step: Sequence[np.ndarray]) -> list[float]:
+  """Fraction matched at each step ``k`` over the trajectories that last ``k + 1`` steps or more.
+
+  Args:
+    per_step: one bool array per trajectory (:func:`crystal_search.metrics.trajectory_matches`).
+
+  Returns:
+    ``[K]`` fractions, ``K`` the longest trajectory's length.
+  """
+  longest = max((len(h) for h in per_step), default=0)
+  out = []
+  for k in range(longest):
+    alive = [bool(h[k]) for h in per_step if len(h) > k]
+    out.append(float(np.mean(alive)))
+  return out
 
 
 def experimental_recovery(

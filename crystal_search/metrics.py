@@ -187,6 +187,36 @@ def relaxed_structure_match(
   return float(np.mean(hits))
 
 
+def trajectory_matches(
+  model_traj_structures: Sequence[Structure],
+  teacher_traj_structures: Sequence[Structure],
+  *,
+  matcher: StructureMatcher | None = None,
+) -> np.ndarray:
+  """Per teacher step ``k``, whether the model's structure matches: bool ``[len(teacher)]``.
+
+  Step ``k`` compares the model's step ``k`` with the teacher's step ``k``.  When the model's
+  trajectory is shorter (it stopped or failed early), the steps past its end compare the model's
+  **last** structure; model steps past the teacher's end are ignored.
+
+  Raises:
+    ValueError: the model trajectory is empty (and the teacher's is not).
+  """
+  if not teacher_traj_structures:
+    return np.zeros((0,), bool)
+  if not model_traj_structures:
+    raise ValueError("the model trajectory is empty")
+  matcher = matcher or default_matcher()
+  last = len(model_traj_structures) - 1
+  return np.asarray(
+    [
+      structures_match(model_traj_structures[min(k, last)], t, matcher=matcher)
+      for k, t in enumerate(teacher_traj_structures)
+    ],
+    bool,
+  )
+
+
 def trajectory_match(
   model_traj_structures: Sequence[Structure],
   teacher_traj_structures: Sequence[Structure],
@@ -195,9 +225,7 @@ def trajectory_match(
 ) -> float:
   """Fraction of the teacher's steps at which the model's structure matches (Table 1, **).
 
-  Step ``k`` (``0 <= k < len(teacher)``) compares the model's step ``k`` with the teacher's step
-  ``k``.  When the model's trajectory is shorter (it stopped or failed early), the steps past its
-  end compare the model's **last** structure; model steps past the teacher's end are ignored.
+  See :func:`trajectory_matches` for how steps are paired.
 
   Args:
     model_traj_structures: the model's structures, step 0 first (non-empty).
@@ -207,17 +235,8 @@ def trajectory_match(
   Returns:
     A fraction in [0, 1]; NaN for an empty teacher trajectory.
   """
-  if not teacher_traj_structures:
-    return float("nan")
-  if not model_traj_structures:
-    raise ValueError("the model trajectory is empty")
-  matcher = matcher or default_matcher()
-  last = len(model_traj_structures) - 1
-  hits = [
-    structures_match(model_traj_structures[min(k, last)], t, matcher=matcher)
-    for k, t in enumerate(teacher_traj_structures)
-  ]
-  return float(np.mean(hits))
+  hits = trajectory_matches(model_traj_structures, teacher_traj_structures, matcher=matcher)
+  return float(np.mean(hits)) if hits.size else float("nan")
 
 
 def mean_trajectory_match(

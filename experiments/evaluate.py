@@ -18,6 +18,7 @@ import json
 import os
 import time
 
+import numpy as np
 from absl import flags
 
 from crystal_search.errors import InputError
@@ -70,7 +71,7 @@ def _force_field():
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from crystal_search import evaluation, metrics
+  from crystal_search import evaluation, metrics, plots
   from crystal_search.datasets import frames as frames_lib
 
   dataset = _dataset_path()
@@ -93,6 +94,7 @@ def main(argv: list[str]) -> None:
     "dataset": os.path.abspath(dataset),
   }
   t0 = time.perf_counter()
+  curves: dict[str, list[float]] = {}
   for split, traj_split in (("test", "test_trajectories"), ("holdout", "holdout_trajectories")):
     entry: dict = {}
     frames = maybe(split)
@@ -100,6 +102,22 @@ def main(argv: list[str]) -> None:
       errors = evaluation.frame_errors(force_field, frames)
       entry.update(force_mae=errors["force_mae"], stress_mae=errors["stress_mae"])
       entry["frames"] = errors["frames"]
+      pred = errors["predictions"]
+      np.savez_compressed(
+        os.path.join(out_dir, f"predictions_{split}.npz"),
+        forces_true=frames.forces,
+        forces_pred=pred["forces"],
+        stress_true=frames.stress,
+        stress_pred=pred["stress"],
+      )
+      plots.parity(
+        frames.forces,
+        pred["forces"],
+        frames.stress,
+        pred["stress"],
+        os.path.join(out_dir, f"parity_{split}.png"),
+        title=f"{report['name']}: {split}",
+      )
     trajectories = maybe(traj_split)
     if trajectories is not None and len(trajectories):
       scores = evaluation.trajectory_scores(
@@ -109,10 +127,14 @@ def main(argv: list[str]) -> None:
         progress=not _QUIET.value,
       )
       entry.update(scores)
+      if scores.get("matched_by_step"):
+        curves[split] = scores["matched_by_step"]
       if split == "holdout" and li15si4 is not None:
         entry.update(evaluation.experimental_recovery(force_field, trajectories, li15si4))
     report[split] = entry
   report["wall_time_s"] = time.perf_counter() - t0
+  if curves:
+    plots.matched_by_step(curves, os.path.join(out_dir, "matched_by_step.png"))
   with open(os.path.join(out_dir, "eval.json"), "w") as f:
     json.dump(report, f, indent=2)
   lines = [f"# Evaluation: {report['name']}", "", f"dataset: `{report['dataset']}`", ""]

@@ -188,6 +188,9 @@ def main(argv: list[str]) -> None:
   text = tables_markdown(summary, machine=machine)
   with open(os.path.join(_OUT.value, "tables.md"), "w") as f:
     f.write(text)
+  from crystal_search import plots
+
+  plots.noise_sweep(summary, os.path.join(_OUT.value, "noise_sweep.png"))
   print(text)
 
 

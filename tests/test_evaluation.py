@@ -46,6 +46,7 @@ def test_teacher_scores_perfectly_against_itself(teacher_trajectories):
   scores = evaluation.trajectory_scores(_teacher(), teacher_trajectories)
   assert scores["trajectories"] == 4
   assert scores["relaxed_match"] == 1.0 and scores["trajectory_match"] == 1.0
+  assert scores["matched_by_step"] == [1.0] * 21  # 20 steps + the start
 
 
 def test_a_different_potential_scores_worse(teacher_trajectories):
@@ -54,6 +55,9 @@ def test_a_different_potential_scores_worse(teacher_trajectories):
   assert errors["force_mae"] > 0.01
   scores = evaluation.trajectory_scores(other, teacher_trajectories)
   assert scores["trajectory_match"] < 1.0
+  by_step = scores["matched_by_step"]
+  assert by_step[0] == 1.0  # both start from the teacher's first frame
+  assert min(by_step) < 1.0
 
 
 def test_experimental_recovery_counts_teacher_hits(teacher_trajectories):
@@ -68,3 +72,37 @@ def test_experimental_recovery_counts_teacher_hits(teacher_trajectories):
 def test_summarize_seeds():
   s = evaluation.summarize_seeds([0.1, 0.3])
   assert s["mean"] == pytest.approx(0.2) and s["std"] == pytest.approx(0.1) and s["n"] == 2
+
+
+def test_matched_by_step_counts_only_trajectories_still_running():
+  per = [np.array([True, True, False]), np.array([True, False]), np.array([True])]
+  assert evaluation.matched_by_step(per) == [1.0, 0.5, 0.0]
+  assert evaluation.matched_by_step([]) == []
+
+
+def test_figures_parity_matched_by_step_and_noise_sweep(teacher_trajectories, tmp_path):
+  """The evaluation figures are written (and the sweep plot needs two noise values)."""
+  from crystal_search import plots
+
+  errors = evaluation.frame_errors(_teacher(), teacher_trajectories)
+  pred = errors["predictions"]
+  path = tmp_path / "parity.png"
+  plots.parity(
+    teacher_trajectories.forces, pred["forces"], teacher_trajectories.stress, pred["stress"], path
+  )
+  assert path.stat().st_size > 5000
+  curves = {"test": [1.0, 0.5, 0.25]}
+  plots.matched_by_step(curves, tmp_path / "steps.png")
+  assert (tmp_path / "steps.png").stat().st_size > 3000
+  rows = {
+    f"GNN noise={n}": {
+      k: {"mean": v, "std": 0.01}
+      for k, v in dict(
+        force_mae=0.05, stress_mae=2.0, relaxed_match=0.5, trajectory_match=0.7
+      ).items()
+    }
+    for n in (0, 0.01)
+  }
+  assert plots.noise_sweep(rows, tmp_path / "noise.png")
+  assert not plots.noise_sweep({"MEAM": rows["GNN noise=0"]}, tmp_path / "none.png")
+  assert not (tmp_path / "none.png").exists()
