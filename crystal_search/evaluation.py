@@ -189,8 +189,9 @@ def experimental_recovery(
 
 
 def summarize_seeds(values: Sequence[float]) -> dict:
-  """Mean and standard deviation over seeds (NaN-safe)."""
+  """Mean and standard deviation over the seeds that have a value (None and NaN are skipped)."""
   arr = np.asarray([v for v in values if v is not None], np.float64)
+  arr = arr[np.isfinite(arr)]
   if arr.size == 0:
     return {"mean": float("nan"), "std": float("nan"), "n": 0}
-  return {"mean": float(np.nanmean(arr)), "std": float(np.nanstd(arr)), "n": int(arr.size)}
+  return {"mean": float(np.mean(arr)), "std": float(np.std(arr)), "n": int(arr.size)}

@@ -27,6 +27,7 @@ from experiments.common import run
 _RUNS = flags.DEFINE_list("runs", [], "Run directories with eval.json.")
 _ROW_NAMES = flags.DEFINE_list("row_names", [], "Row name per run (default: from run.json).")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where summary.json goes.")
+_NOTES = flags.DEFINE_multi_string("note", [], "A line added under the tables' header.")
 
 #: The paper's numbers (Cheon et al. 2020), for side-by-side comparison. DFT (VASP PBE) teacher.
 PAPER = {
@@ -117,7 +118,7 @@ def _table(summary: dict, names: list[str], columns, table: str) -> list[str]:
   return lines
 
 
-def tables_markdown(summary: dict, *, machine: str = "") -> str:
+def tables_markdown(summary: dict, *, machine: str = "", notes=()) -> str:
   """The paper's Tables 1, 2, 3 and 5 (rows present in ``summary``), ours beside the paper's."""
   names = list(summary)
   noise = [n for n in names if n.startswith("GNN noise=")]
@@ -141,6 +142,7 @@ def tables_markdown(summary: dict, *, machine: str = "") -> str:
   ]
   if machine:
     lines.append(f"Machine: {machine}.")
+  lines += [f"- {note}" for note in notes]
   lines += ["", "## Table 1: noise sweep on the test set", ""]
   lines += _table(summary, noise + other + meam, four, "table1")
   if table2:
@@ -184,8 +186,9 @@ def main(argv: list[str]) -> None:
   os.makedirs(_OUT.value, exist_ok=True)
   machine = f"{platform.platform()}, {os.cpu_count()} CPUs"
   with open(os.path.join(_OUT.value, "summary.json"), "w") as f:
-    json.dump({"rows": summary, "machine": machine, "paper": PAPER}, f, indent=2)
-  text = tables_markdown(summary, machine=machine)
+    record = {"rows": summary, "machine": machine, "notes": _NOTES.value, "paper": PAPER}
+    json.dump(record, f, indent=2)
+  text = tables_markdown(summary, machine=machine, notes=_NOTES.value)
   with open(os.path.join(_OUT.value, "tables.md"), "w") as f:
     f.write(text)
   from crystal_search import plots
