@@ -35,7 +35,7 @@ PY=python
 IFS=,
 "$PY" -m experiments.make_tables --output_dir=experiments/results --runs="${runs[*]}" \
   --row_names="${names[*]}" \
-  --note="All rows on the same 16 test trajectories (240 frames) and 44 held-out Li15Si4 trajectories of data/dataset as built from the first 223 teacher relaxations (data version fdc15fa2bb52c39d; the committed dataset now holds 802, with more test trajectories)." \
+  --note="All rows on the same 16 test trajectories (240 frames) and 44 held-out Li15Si4 trajectories of data/dataset as built from the first 223 teacher relaxations (data version fdc15fa2bb52c39d; the committed dataset now holds 889, with more test trajectories)." \
   --note="GNN noise=0.01 and GNN stress=virial are one run (the shipped model, seed 0); GNN stress=plane is the paper's heads trained the same way; the rest of the sweep is not run yet." \
   --note="energy GNN rows: the shipped energy model (first-session CPU config, 167 relaxations); finite differences on the test frames only (cost); trajectory metrics not run for Table 2 rows." \
   --note="GNN (MD data): 2.5 ps of 800 K CHGNet MD on LiSi and Li13Si4 only (paper: >= 47 ps on five phases)."
