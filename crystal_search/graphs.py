@@ -324,9 +324,13 @@ def edge_features(vectors: jax.Array) -> jax.Array:
   no NaNs under autodiff.
   """
   sq = jnp.sum(vectors * vectors, axis=-1, keepdims=True)
-  safe = jnp.where(sq > 0, sq, 1.0)
-  norm = jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
-  return jnp.concatenate([vectors, norm, sq], axis=-1)
+  return jnp.concatenate([vectors, safe_norm(vectors), sq], axis=-1)
+
+
+def safe_norm(vectors: jax.Array) -> jax.Array:
+  """``|r|`` ``[..., 1]`` with zero value and zero gradient at ``r = 0`` (padding edges)."""
+  sq = jnp.sum(vectors * vectors, axis=-1, keepdims=True)
+  return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
 
 def plane_vectors(crystals: Crystals) -> jax.Array:

@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 from flax import struct
 
+from crystal_search import graphs
 from crystal_search.crystals import Crystals
 from crystal_search.models import megnet
 from crystal_search.models.config import validate_config
@@ -101,15 +102,13 @@ class ForceStressNet(nn.Module):
   set2set_steps: int = 3
   dtype: jnp.dtype = jnp.float32
 
-  def _edge_scalars(self, name, v, e, u, graph, num_graphs):
-    """Per-edge scalars ``[Ed, 1]`` (MLP of edge, both atoms, global) times the envelope."""
+  def _edge_scalars(self, name, v, e, u, graph, num_graphs, weight):
+    """Per-edge scalars ``[Ed, 1]`` (MLP of edge, both atoms, global) times ``weight``."""
     u_edges = jnp.repeat(u, e.shape[0] // num_graphs, axis=0)
     x = jnp.concatenate([e, v[graph.receivers], v[graph.senders], u_edges], axis=-1)
     x = megnet.MLP(self.head_widths, self.act, dtype=self.dtype, name=f"{name}_mlp")(x)
     w = nn.Dense(1, dtype=self.dtype, param_dtype=self.dtype, name=f"{name}_out")(x)
-    d = megnet.safe_norm(graph.edges["vectors"].astype(self.dtype))
-    real = graph.edges["real"][:, None].astype(self.dtype)
-    return w * megnet.cosine_envelope(d, self.cutoff) * real, d
+    return w * weight
 
   @nn.compact
   def __call__(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
@@ -133,21 +132,24 @@ class ForceStressNet(nn.Module):
     mlp = lambda: megnet.MLP(self.head_widths, self.act, dtype=self.dtype)
     dense = lambda k: nn.Dense(k, dtype=self.dtype, param_dtype=self.dtype)
     vectors = graph.edges["vectors"].astype(self.dtype)
+    d = graphs.safe_norm(vectors)
+    unit = vectors / jnp.where(d > 0, d, 1.0)  # zero on padding edges
+    real = graph.edges["real"][:, None].astype(self.dtype)
+    envelope = megnet.cosine_envelope(d, self.cutoff) * real  # real atom-atom edges only
     # Forces on real atoms.
     if self.force_head == "node":
       atoms = mlp()(vs[:, :n])
       u_atoms = jnp.broadcast_to(u[:, None, :], (b, n, u.shape[-1]))
       forces = dense(3)(jnp.concatenate([atoms, u_atoms], axis=-1))
     else:
-      w, d = self._edge_scalars("force", v, e, u, graph, b)
-      unit = vectors / jnp.where(d > 0, d, 1.0)
+      w = self._edge_scalars("force", v, e, u, graph, b, envelope)
       per_node = jax.ops.segment_sum(w * unit, graph.receivers, num_segments=v.shape[0])
       forces = per_node.reshape(b, per, 3)[:, :n]
     forces = forces * graph.nodes["real"].reshape(b, per)[:, :n, None]
     # Stress.
     if self.stress_head == "virial":
-      w, d = self._edge_scalars("stress", v, e, u, graph, b)
-      outer = (w / jnp.where(d > 0, d, 1.0))[:, :, None] * vectors[:, :, None] * vectors[:, None, :]
+      w = self._edge_scalars("stress", v, e, u, graph, b, envelope)
+      outer = w[:, :, None] * vectors[:, :, None] * unit[:, None, :]
       volume = jnp.maximum(graph.globals["volume"].astype(self.dtype), 1e-6)
       virial = jnp.sum(outer.reshape(b, -1, 3, 3), axis=1) * (VIRIAL_VOLUME / volume)[:, None, None]
       iso = dense(1)(mlp()(u))[:, 0]

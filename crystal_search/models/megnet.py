@@ -112,12 +112,6 @@ def cosine_envelope(distances: jax.Array, cutoff: float) -> jax.Array:
   return 0.5 * (jnp.cos(jnp.pi * x) + 1.0)
 
 
-def safe_norm(vectors: jax.Array) -> jax.Array:
-  """``|r|`` ``[..., 1]`` with zero value and zero gradient at ``r = 0`` (padding edges)."""
-  sq = jnp.sum(vectors * vectors, axis=-1, keepdims=True)
-  return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
-
-
 def radial_basis(distances: jax.Array, cutoff: float, num: int) -> jax.Array:
   """Gaussians ``[..., num]`` of ``distances [..., 1]`` (Å) centred on ``linspace(0, r_c)``."""
   centers = jnp.linspace(0.0, cutoff, num, dtype=distances.dtype)
@@ -229,7 +223,7 @@ class MEGNet(nn.Module):
     if self.edge_inputs == "vector":
       features, weight = graph.edges["features"].astype(self.dtype), None
     else:
-      d = safe_norm(graph.edges["vectors"].astype(self.dtype))
+      d = graphs.safe_norm(graph.edges["vectors"].astype(self.dtype))
       weight = cosine_envelope(d, self.cutoff) * edge_mask
       features = radial_basis(d, self.cutoff, self.num_rbf) * weight
     e = MLP((self.width,), self.act, dtype=self.dtype)(features)
