@@ -21,6 +21,20 @@ from pymatgen.core import Lattice, Structure
 from crystal_search.crystals import bucket_size
 from crystal_search.datasets.frames import Frames
 
+#: The dataset files an evaluation reads (frames and whole trajectories of both test sets).
+EVALUATION_FILES = ("test.npz", "holdout.npz", "test_trajectories.npz", "holdout_trajectories.npz")
+
+
+def test_data_version(dataset_dir: str) -> str:
+  """Hash (16 hex digits) of the files an evaluation of ``dataset_dir`` reads.
+
+  Recorded in ``eval.json``; an evaluation whose version differs from the folder's current one
+  was made on other test data (``experiments.reproduce`` reruns it).
+  """
+  from crystal_search.training import dataset_version
+
+  return dataset_version(dataset_dir, EVALUATION_FILES)
+
 
 def frame_errors(force_field, frames: Frames, *, batch_size: int = 32) -> dict:
   """Force MAE (eV/Å) and stress MAE (kBar) of ``force_field`` on ``frames``.

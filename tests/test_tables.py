@@ -58,7 +58,9 @@ def test_missing_eval_is_one_line(tmp_path):
 
 def test_reproduce_lists_every_row_of_the_paper():
   jobs = reproduce.jobs(reproduce.ROWS, "cpu", {"0", "1", "2"})
-  rows = [ev.row for job in jobs for ev in job.evaluations]
+  rows = [ev.row for job in jobs for ev in job.evaluations] + [
+    r for j in jobs for _, r in j.aliases
+  ]
   assert sum(r.startswith("GNN noise=") for r in rows) == 12
   assert {"GNN noise=0", "GNN noise=0.03", "MEAM", "energy GNN", "GNN (MD data) on MD"} <= set(rows)
   assert {"GNN stress=plane", "GNN stress=virial"} <= set(rows)
@@ -74,3 +76,55 @@ def test_reproduce_dry_run_prints_resumable_commands(tmp_path):
   train = [line for line in done.stdout.splitlines() if "experiments.train" in line]
   assert len(train) == 4 and all("--config.num_epochs=3" in line for line in train)
   assert "noise_sweep.py:0.03,1,cpu" in done.stdout
+
+
+def test_identical_configs_share_one_run_and_one_evaluation():
+  cpu = reproduce.jobs(["noise_sweep", "stress_heads"], "cpu", {"0"})
+  shared = [job for job in cpu if job.aliases]
+  # At CPU scale the virial head is the default model: one run, one evaluation, two row names.
+  assert [job.workdir for job in shared] == ["noise_0.01_seed_0"]
+  assert shared[0].aliases == (("eval", "GNN stress=virial"),)
+  assert len(shared[0].evaluations) == 1
+  # At paper scale the default keeps the paper's plane head: the plane row is the shared one.
+  paper = reproduce.jobs(["noise_sweep", "stress_heads"], "paper", {"0"})
+  assert [job.aliases for job in paper if job.aliases] == [(("eval", "GNN stress=plane"),)]
+  assert {"stress_virial", "stress_corner"} <= {job.workdir for job in paper}
+  assert "stress_plane" not in {job.workdir for job in paper}
+
+
+def test_an_evaluation_on_other_test_data_is_redone(tmp_path):
+  from crystal_search.evaluation import test_data_version
+
+  data = tmp_path / "data"
+  data.mkdir()
+  (data / "test.npz").write_bytes(b"first")
+  eval_dir = tmp_path / "meam" / "eval"
+  eval_dir.mkdir(parents=True)
+  report = {"dataset": str(data), "data_version": test_data_version(str(data))}
+  (eval_dir / "eval.json").write_text(json.dumps(report))
+  assert reproduce._fresh(str(eval_dir), str(tmp_path / "meam"), trained=False)
+  (data / "test.npz").write_bytes(b"second")
+  assert not reproduce._fresh(str(eval_dir), str(tmp_path / "meam"), trained=False)
+  (eval_dir / "eval.json").write_text(json.dumps({"dataset": str(data)}))  # older eval.json
+  assert not reproduce._fresh(str(eval_dir), str(tmp_path / "meam"), trained=False)
+
+
+def test_tables_rebuild_from_the_archive_alone(tmp_path):
+  runs, archive = tmp_path / "runs", tmp_path / "archive"
+  for workdir, value in (("meam", 0.5), ("stress_plane", 0.08)):
+    eval_dir = runs / workdir / "eval"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "eval.json").write_text(json.dumps(_report(value, 2.0, 0.4, 0.6)))
+    (eval_dir / "parity_test.png").write_bytes(b"png")
+    (eval_dir / "predictions_test.npz").write_bytes(b"big")
+    reproduce._archive(str(runs / workdir), str(eval_dir), str(archive / workdir), "eval")
+  assert (archive / "meam" / "eval" / "parity_test.png").exists()
+  assert not (archive / "meam" / "eval" / "predictions_test.npz").exists()
+  out = tmp_path / "results"
+  cmd = [sys.executable, "-m", "experiments.reproduce", "--rows=meam,stress_heads", "--seeds=0"]
+  cmd += ["--tables_only", f"--runs_dir={archive}", f"--output_dir={out}", "--note=from archive"]
+  subprocess.run(cmd, check=True, capture_output=True, text=True)
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["notes"] == ["from archive"]
+  assert summary["rows"]["MEAM"]["force_mae"]["mean"] == pytest.approx(0.5)
+  assert summary["rows"]["GNN stress=plane"]["force_mae"]["mean"] == pytest.approx(0.08)

@@ -221,6 +221,7 @@ def _config(name, arg=None):
     ("stress_heads", "corner"),
     ("stress_heads", "global,paper"),
     ("stress_heads", "virial"),
+    ("pretrained", None),
   ],
 )
 def test_every_experiment_config_is_valid(name, arg):
