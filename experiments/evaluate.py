@@ -35,6 +35,9 @@ _DERIVATIVE = flags.DEFINE_enum(
 )
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where eval.json/eval.md go.")
 _MAX_TRAJ = flags.DEFINE_integer("max_trajectories", None, "Evaluate only the first N.")
+_MAX_FRAMES = flags.DEFINE_integer(
+  "max_frames", None, "Force/stress MAE on a seeded random subset of N frames per split."
+)
 _NAME = flags.DEFINE_string("name", None, "Row name in the results tables.")
 _QUIET = flags.DEFINE_boolean("quiet", False, "No progress bars.")
 
@@ -93,12 +96,17 @@ def main(argv: list[str]) -> None:
     "name": _NAME.value or getattr(force_field, "name", _FORCE_FIELD.value),
     "dataset": os.path.abspath(dataset),
     "data_version": evaluation.test_data_version(dataset),
+    "max_frames": _MAX_FRAMES.value,
+    "max_trajectories": _MAX_TRAJ.value,
   }
   t0 = time.perf_counter()
   curves: dict[str, list[float]] = {}
   for split, traj_split in (("test", "test_trajectories"), ("holdout", "holdout_trajectories")):
     entry: dict = {}
     frames = maybe(split)
+    if frames is not None and _MAX_FRAMES.value is not None and len(frames) > _MAX_FRAMES.value:
+      rng = np.random.default_rng(0)
+      frames = frames.select(np.sort(rng.choice(len(frames), _MAX_FRAMES.value, replace=False)))
     if frames is not None and len(frames):
       errors = evaluation.frame_errors(force_field, frames)
       entry.update(force_mae=errors["force_mae"], stress_mae=errors["stress_mae"])

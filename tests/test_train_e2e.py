@@ -152,3 +152,23 @@ def test_bad_input_is_one_line(case, pattern, tmp_path, dataset):
   assert out.returncode == 1
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error:") and pattern in lines[0], out.stderr
+
+
+def test_evaluate_binary_records_what_it_measured(finished_run, tmp_path):
+  import json
+
+  workdir, _ = finished_run
+  out_dir = tmp_path / "eval"
+  cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}"]
+  cmd += [f"--output_dir={out_dir}", "--max_frames=5", "--name=tiny", "--quiet"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = json.loads((out_dir / "eval.json").read_text())
+  assert report["name"] == "tiny" and report["max_frames"] == 5
+  assert report["test"]["frames"] == 5 and report["holdout"]["frames"] == 5  # 12 and 6 on disk
+  assert np.isfinite(report["test"]["force_mae"]) and np.isfinite(report["test"]["stress_mae"])
+  from crystal_search.evaluation import test_data_version
+
+  assert report["data_version"] == test_data_version(report["dataset"])
+  assert (out_dir / "eval.md").exists() and (out_dir / "parity_test.png").exists()
