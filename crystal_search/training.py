@@ -225,19 +225,42 @@ def _subset(frames: frames_lib.Frames, limit: int, seed: int) -> frames_lib.Fram
   return frames.select(idx)
 
 
+#: Å taken off every cell height when checking the image range, so that positional and lattice
+#: noise (augmentation, <= 0.03 Å std) cannot push a kept frame over it.
+THIN_CELL_MARGIN = 0.1
+
+
+def too_thin(lattice: np.ndarray, *, cutoff: float, max_images: int) -> np.ndarray:
+  """``[F]`` bool: cells (rows, Å) whose neighbours within ``cutoff`` lie beyond ``max_images``.
+
+  A cell of height ``h`` needs ``floor(cutoff / h + 1/2)`` images per axis
+  (:func:`crystal_search.graphs.required_images`); heights are reduced by
+  :data:`THIN_CELL_MARGIN` first.
+  """
+  from crystal_search import graphs
+
+  heights = graphs.cell_heights(np.asarray(lattice)).min(axis=-1) - THIN_CELL_MARGIN
+  need = np.floor(cutoff / np.maximum(heights, 1e-6) + 0.5)
+  return need > max_images
+
+
 def load_dataset(
   data_config: ml_collections.ConfigDict,
   *,
   elements: Sequence[str],
   seed: int = 0,
   log: Log | None = None,
+  cutoff: float | None = None,
+  max_images: int | None = None,
 ) -> Dataset:
   """Read and check a dataset folder.
 
   Frames whose reduced formula is in ``data_config.holdout`` are removed from
-  ``train`` and ``val``.  Raises :class:`InputError` for a missing folder or
-  split file, an empty training or validation set, or elements the model does
-  not know.
+  ``train`` and ``val``.  With ``cutoff`` (Å) and ``max_images`` (the model's static periodic
+  image range), frames whose cells are too thin for that range (:func:`too_thin`) are removed
+  from every split and counted in the log: the jitted model cannot see all their neighbours.
+  Raises :class:`InputError` for a missing folder or split file, an empty training or
+  validation set, or elements the model does not know.
   """
   from pymatgen.core import Element
 
@@ -277,6 +300,17 @@ def load_dataset(
           raise InputError(
             f"{path}/{name}.npz: no frames left outside the holdout {sorted(holdout)}"
           )
+    if cutoff is not None and max_images is not None:
+      thin = too_thin(frames.lattice, cutoff=cutoff, max_images=max_images)
+      if thin.any():
+        if log:
+          log(
+            f"{name}: dropped {int(thin.sum())} frames with cells too thin for "
+            f"{max_images} periodic images at a {cutoff:g} Å cutoff"
+          )
+        frames = frames.select(np.flatnonzero(~thin))
+        if len(frames) == 0:
+          raise InputError(f"{path}/{name}.npz: every frame's cell is too thin for the model")
     limit = data_config.max_train_frames if name == "train" else data_config.max_eval_frames
     splits[name] = _subset(frames, limit, seed)
   version = dataset_version(path, [f"{n}.npz" for n in REQUIRED_SPLITS + OPTIONAL_SPLITS])
@@ -712,8 +746,21 @@ def _initial_variables(adapter: ModelAdapter, seed: int, crystals: Crystals) -> 
   return _INIT_CACHE[key]
 
 
+#: Growths of a bucket's edge capacity (x1.5 each) before an overflow is an error: the capacity
+#: starts at the data's largest count plus a margin, so more growth means something else.
+MAX_CAPACITY_GROWTHS = 4
+
+
 def _grow(capacity: int) -> int:
   return int(math.ceil(capacity * 1.5)) + 8
+
+
+def _overflow_message(bucket: int) -> str:
+  return (
+    f"neighbour lists of bucket {bucket} still overflow after {MAX_CAPACITY_GROWTHS} capacity "
+    "growths: a cell thinner than the model's periodic image range (model.max_images), or "
+    "atoms collapsed onto each other"
+  )
 
 
 def evaluate_frames(
@@ -734,7 +781,7 @@ def evaluate_frames(
   sums: dict[str, float] = {}
   for bucket, idx in bucket_batches(frames.n_atoms, batch_size=batch_size):
     batch = make_batch(frames, idx, max_atoms=bucket, batch_size=batch_size)
-    for _ in range(20):
+    for _ in range(MAX_CAPACITY_GROWTHS + 1):
       cap = capacities.setdefault(bucket, 64)
       aux = jax.device_get(eval_step(state, batch, cap))
       if not aux["overflow"]:
@@ -743,7 +790,7 @@ def evaluate_frames(
       if log:
         log(f"neighbour capacity of bucket {bucket} grown {cap} -> {capacities[bucket]}")
     else:
-      raise RuntimeError(f"neighbour capacity of bucket {bucket} keeps overflowing")
+      raise RuntimeError(_overflow_message(bucket))
     for k, v in aux.items():
       if k.endswith(("_sum", "_count")):
         sums[k] = sums.get(k, 0.0) + float(v)
@@ -1001,7 +1048,14 @@ def train(
   validate_config(config)
   # Frame subsets (data.max_*_frames) do not depend on the training seed: every run of a
   # seed sweep sees the same frames.
-  dataset = load_dataset(config.data, elements=tuple(config.model.elements), seed=0, log=log)
+  dataset = load_dataset(
+    config.data,
+    elements=tuple(config.model.elements),
+    seed=0,
+    log=log,
+    cutoff=float(config.model.cutoff),
+    max_images=int(config.model.max_images),
+  )
   digest = config_hash(config)
   os.makedirs(workdir, exist_ok=True)
   resuming = prepare_workdir(
@@ -1082,7 +1136,7 @@ def train(
 
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False)
       for bucket, batch in _epoch_batches(train_frames, config, epoch):
-        for _ in range(20):
+        for _ in range(MAX_CAPACITY_GROWTHS + 1):
           cap = capacities.setdefault(bucket, 64)
           state, aux = train_step(state, batch, cap)
           aux = jax.device_get(aux)
@@ -1094,7 +1148,7 @@ def train(
             "(overflow); recompiling"
           )
         else:
-          raise RuntimeError(f"neighbour capacity of bucket {bucket} keeps overflowing")
+          raise RuntimeError(_overflow_message(bucket))
         if aux["skipped"]:
           skipped += 1
           log(f"epoch {epoch}: non-finite loss, step skipped")

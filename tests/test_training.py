@@ -155,6 +155,24 @@ def test_load_dataset_errors_and_holdout(tmp_path):
   assert len(ds.splits["val"]) == sum(f != held for f in formulas)
 
 
+def test_cells_too_thin_for_the_image_range_are_dropped_and_logged(tmp_path):
+  # A 4 Å cutoff needs floor(4 / h + 1/2) periodic images: 2 down to h = 1.6 Å, 3 below.
+  lattices = np.array([np.diag([5.0, 5.0, h]) for h in (5.0, 1.8, 1.3)])
+  assert training.too_thin(lattices, cutoff=4.0, max_images=2).tolist() == [False, False, True]
+  path = make_dataset(str(tmp_path / "d"), counts={"train": 6, "val": 3})
+  frames = make_frames(7, 6)
+  frames.lattice[2] = np.diag([6.0, 6.0, 1.2]).astype(frames.lattice.dtype)
+  frames.save(os.path.join(path, "train.npz"))
+  lines = []
+  ds = training.load_dataset(
+    _data_config(path), elements=("Li", "Si"), seed=0, log=lines.append, cutoff=4.0, max_images=2
+  )
+  assert len(ds.splits["train"]) == 5
+  assert any("train: dropped 1 frames" in line for line in lines)
+  # Without the model's image range nothing is dropped.
+  assert len(training.load_dataset(_data_config(path), elements=("Li", "Si")).splits["train"]) == 6
+
+
 def _data_config(path, holdout=("Li15Si4",)):
   from ml_collections import ConfigDict
 
