@@ -79,6 +79,19 @@ def row_name(run_dir: str, report: dict) -> str:
   return f"GNN noise={float(config.get('augment', {}).get('noise_std', 0)):g}"
 
 
+def train_seconds(run_dir: str) -> float | None:
+  """Training wall time (s): the ``seconds`` column of ``metrics.csv`` in the evaluation folder's
+  run directory (its parent) or the folder itself; None for untrained baselines."""
+  import csv
+
+  for d in (os.path.dirname(os.path.normpath(run_dir)), run_dir):
+    path = os.path.join(d, "metrics.csv")
+    if os.path.exists(path):
+      with open(path) as f:
+        return sum(float(row["seconds"]) for row in csv.DictReader(f))
+  return None
+
+
 def summarize(runs: list[tuple[str, dict]]) -> dict:
   """``{row: {metric: {mean, std, n}, holdout: {...}}}`` over the runs (seeds) of each row."""
   grouped: dict[str, list[dict]] = defaultdict(list)
@@ -94,6 +107,8 @@ def summarize(runs: list[tuple[str, dict]]) -> dict:
     row["holdout"] = hold
     row["seeds"] = len(reports)
     row["wall_time_s"] = sum(float(r.get("wall_time_s", 0.0)) for r in reports)
+    trained = [r["train_seconds"] for r in reports if r.get("train_seconds") is not None]
+    row["train_seconds"] = sum(trained) if trained else None
     out[name] = row
   return out
 
@@ -164,6 +179,15 @@ def tables_markdown(summary: dict, *, machine: str = "", notes=()) -> str:
   if heads:
     lines += ["", "## Table 5: stress heads", ""]
     lines += _table(summary, heads + meam, four, "table5")
+  lines += ["", "## Wall time (all seeds of a row together)", ""]
+  lines += ["| row | seeds | training (min) | evaluation (min) |", "|---|---:|---:|---:|"]
+  for name in names:
+    row = summary[name]
+    train = row.get("train_seconds")
+    train_text = "–" if train is None else f"{train / 60:.1f}"
+    lines.append(
+      f"| {name} | {row['seeds']} | {train_text} | {row.get('wall_time_s', 0.0) / 60:.1f} |"
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -181,6 +205,7 @@ def main(argv: list[str]) -> None:
       raise InputError(f"{path}: no such file (run crystal-search evaluate first)")
     with open(path) as f:
       report = json.load(f)
+    report["train_seconds"] = train_seconds(d)
     runs.append((_ROW_NAMES.value[k] if _ROW_NAMES.value else row_name(d, report), report))
   summary = summarize(runs)
   os.makedirs(_OUT.value, exist_ok=True)

@@ -206,15 +206,16 @@ def _fresh(eval_dir: str, workdir: str, trained: bool) -> bool:
 
 
 def _archive(workdir: str, eval_dir: str, target_workdir: str, subdir: str) -> None:
-  """Copy an evaluation's small outputs (and the run's ``run.json``) under the archive."""
+  """Copy an evaluation's small outputs and the run's ``run.json`` and ``metrics.csv`` (per-epoch
+  losses and seconds) under the archive."""
   target = os.path.join(target_workdir, subdir)
   os.makedirs(target, exist_ok=True)
   for path in glob.glob(os.path.join(eval_dir, "*")):
     if path.endswith((".json", ".md", ".png")):
       shutil.copy2(path, target)
-  run_file = os.path.join(workdir, "run.json")
-  if os.path.exists(run_file):
-    shutil.copy2(run_file, target_workdir)
+  for name in ("run.json", "metrics.csv"):
+    if os.path.exists(os.path.join(workdir, name)):
+      shutil.copy2(os.path.join(workdir, name), target_workdir)
 
 
 def main(argv: list[str]) -> None:

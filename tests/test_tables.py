@@ -117,9 +117,11 @@ def test_tables_rebuild_from_the_archive_alone(tmp_path):
     (eval_dir / "eval.json").write_text(json.dumps(_report(value, 2.0, 0.4, 0.6)))
     (eval_dir / "parity_test.png").write_bytes(b"png")
     (eval_dir / "predictions_test.npz").write_bytes(b"big")
+    (runs / workdir / "metrics.csv").write_text("epoch,seconds\n1,2.0\n")
     reproduce._archive(str(runs / workdir), str(eval_dir), str(archive / workdir), "eval")
   assert (archive / "meam" / "eval" / "parity_test.png").exists()
   assert not (archive / "meam" / "eval" / "predictions_test.npz").exists()
+  assert (archive / "meam" / "metrics.csv").exists()
   out = tmp_path / "results"
   cmd = [sys.executable, "-m", "experiments.reproduce", "--rows=meam,stress_heads", "--seeds=0"]
   cmd += ["--tables_only", f"--runs_dir={archive}", f"--output_dir={out}", "--note=from archive"]
@@ -128,3 +130,5 @@ def test_tables_rebuild_from_the_archive_alone(tmp_path):
   assert summary["notes"] == ["from archive"]
   assert summary["rows"]["MEAM"]["force_mae"]["mean"] == pytest.approx(0.5)
   assert summary["rows"]["GNN stress=plane"]["force_mae"]["mean"] == pytest.approx(0.08)
+  assert summary["rows"]["MEAM"]["train_seconds"] == pytest.approx(2.0)  # from metrics.csv
+  assert "| GNN stress=plane | 1 | 0.0 | 0.2 |" in (out / "tables.md").read_text()
