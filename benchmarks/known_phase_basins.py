@@ -104,6 +104,7 @@ def main() -> None:
         "of": len(back),
         "converged": int(sum(r.converged for r in results)),
         "failed": int(sum(r.failed for r in results)),
+        "failure_reasons": [r.failure_reason for r in results if r.failed],
         "seconds": round(seconds, 1),
       }
       print(name, kind, entry[kind], flush=True)
