@@ -116,7 +116,8 @@ def summarize(runs: list[tuple[str, dict]]) -> dict:
 def _fmt(entry: dict | None) -> str:
   if not entry or entry.get("n", 0) == 0 or entry["mean"] != entry["mean"]:
     return "–"
-  return f"{entry['mean']:.3g} ({entry['std']:.2g})" if entry["n"] > 1 else f"{entry['mean']:.3g}"
+  std = entry["std"] if abs(entry["std"]) > 1e-9 else 0.0  # equal seeds: no float residue
+  return f"{entry['mean']:.3g} ({std:.2g})" if entry["n"] > 1 else f"{entry['mean']:.3g}"
 
 
 def _paper(table: str, name: str) -> str:
