@@ -121,7 +121,8 @@ def _fmt(entry: dict | None) -> str:
 
 
 def _paper(table: str, name: str) -> str:
-  paper = PAPER[table].get(name)
+  # A paper stress head beside our force head is compared with the paper's row of that head.
+  paper = PAPER[table].get(name) or PAPER[table].get(name.removesuffix(" (edge forces)"))
   return " / ".join(map(str, paper)) if paper else "–"
 
 
@@ -154,7 +155,8 @@ def tables_markdown(summary: dict, *, machine: str = "", notes=()) -> str:
     "Ours: CHGNet teacher (stand-in for VASP PBE), CPU-scale data and training — see README.",
     "Paper: VASP PBE teacher, ~4,500 relaxations per stoichiometry. Mean (std over seeds).",
     "At CPU scale the `GNN noise=` and `GNN (MD data)` rows use our equivariant edge heads;",
-    "`GNN stress=plane|corner|global` use the paper's node force head and trunk.",
+    "`GNN stress=plane|corner|global` use the paper's node force head and trunk;",
+    "`GNN stress=... (edge forces)` the same stress heads beside our edge force head.",
   ]
   if machine:
     lines.append(f"Machine: {machine}.")

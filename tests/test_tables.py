@@ -30,6 +30,7 @@ def test_seeds_become_mean_and_std_and_rows_land_in_the_paper_tables(tmp_path):
     (_write(tmp_path, "c", _report(0.5, 10.0, 0.1, 0.3)), "MEAM"),
     (_write(tmp_path, "d", _report(0.3, 20.0, 0.0, 0.1)), "energy GNN"),
     (_write(tmp_path, "e", _report(0.04, 3.1, 0.1, 0.3)), "GNN stress=corner"),
+    (_write(tmp_path, "f", _report(0.06, 3.3, 0.1, 0.3)), "GNN stress=plane (edge forces)"),
   ]
   out = tmp_path / "results"
   cmd = [sys.executable, "-m", "experiments.make_tables", f"--output_dir={out}"]
@@ -47,6 +48,8 @@ def test_seeds_become_mean_and_std_and_rows_land_in_the_paper_tables(tmp_path):
   assert "GNN noise=0.01" not in table2
   table5 = text.split("## Table 5")[1]
   assert "GNN stress=corner" in table5 and "0.03 / 3.09" in table5
+  # The paper's head beside our force head is set against the paper's row of that head.
+  assert "| GNN stress=plane (edge forces) | 0.06 | 3.3 | 0.1 | 0.3 | 0.03 / 1.05" in table5
 
 
 def test_missing_eval_is_one_line(tmp_path):
@@ -90,6 +93,13 @@ def test_identical_configs_share_one_run_and_one_evaluation():
   assert [job.aliases for job in paper if job.aliases] == [(("eval", "GNN stress=plane"),)]
   assert {"stress_virial", "stress_corner"} <= {job.workdir for job in paper}
   assert "stress_plane" not in {job.workdir for job in paper}
+  # The paper's stress heads beside the edge force head: three more runs, none shared.
+  edge = reproduce.jobs(["stress_heads", "stress_heads_edge"], "cpu", {"0"})
+  rows = {ev.row for job in edge for ev in job.evaluations}
+  assert {f"GNN stress={h} (edge forces)" for h in ("plane", "corner", "global")} <= rows
+  every = reproduce.jobs(list(reproduce.ROWS), "cpu", {"0", "1", "2"})
+  assert not [ev.row for job in every for ev in job.evaluations if "," in ev.row]
+  assert len({job.config for job in edge}) == len(edge) == 7
 
 
 def test_an_evaluation_on_other_test_data_is_redone(tmp_path):

@@ -239,6 +239,8 @@ def _config(name, arg=None):
     ("stress_heads", "corner"),
     ("stress_heads", "global,paper"),
     ("stress_heads", "virial"),
+    ("stress_heads", "plane,edge"),
+    ("stress_heads", "global,edge,paper"),
     ("pretrained", None),
   ],
 )
@@ -273,6 +275,16 @@ def test_config_values_of_the_paper():
   assert _config("stress_heads", "corner").model.force_head == "node"
   assert (cpu.model.force_head, cpu.model.stress_head) == ("edge", "virial")
   assert _config("stress_heads", "virial").model.edge_inputs == "rbf"
+  # 'HEAD,edge': the paper's stress head beside our force head, on direction-aware edges.
+  edge = _config("stress_heads", "corner,edge")
+  assert (edge.model.force_head, edge.model.stress_head) == ("edge", "corner")
+  assert edge.model.edge_inputs == "vector"
+
+
+@pytest.mark.parametrize("arg", ["plane,bogus", "virial,node", "plane,edge,node", "tetra"])
+def test_bad_stress_head_argument_is_refused(arg):
+  with pytest.raises(ValueError, match="head|takes"):
+    _config("stress_heads", arg)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
   crystal-search train --config=experiments/configs/stress_heads.py:corner --workdir=runs/corner
   crystal-search train --config=experiments/configs/stress_heads.py:global,paper --workdir=...
+  crystal-search train --config=experiments/configs/stress_heads.py:plane,edge --workdir=...
 
 * ``plane``: fictitious atoms on the (100), (010), (001) planes (the paper's choice);
 * ``corner``: fictitious atoms on the cell corners;
@@ -10,7 +11,10 @@
   distance-only edges (the CPU default).
 
 The paper's three heads run on the paper's trunk (node force head, ``(r, |r|, |r|^2)`` edge
-inputs) at either scale, so the rows differ only in the stress head.
+inputs) at either scale, so the rows differ only in the stress head.  A second part ``edge``
+(``HEAD,edge``) swaps in our bond-sum force head (:data:`FORCE_HEADS`) and keeps the vector edge
+inputs the paper's stress heads need to see directions: the same comparison of stress heads on a
+force head that trains at CPU scale (the node head stays near the zero predictor there).
 """
 
 import ml_collections
@@ -18,19 +22,26 @@ import ml_collections
 from experiments.configs import default
 
 HEADS = ("plane", "corner", "global", "virial")
+#: Force heads for the paper's stress heads: the paper's per-atom ``node`` head or our ``edge`` one.
+FORCE_HEADS = ("node", "edge")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts, scale = default.parse_arg(arg)
-  if len(parts) > 1:
-    raise ValueError(f"stress_heads.py takes 'HEAD[,cpu|paper]', got {arg!r}")
+  if len(parts) > 2:
+    raise ValueError(f"stress_heads.py takes 'HEAD[,FORCE_HEAD][,cpu|paper]', got {arg!r}")
   head = parts[0] if parts else "plane"
   if head not in HEADS:
     raise ValueError(f"stress head {head!r}: expected one of {HEADS}")
+  force_head = parts[1] if len(parts) > 1 else ("edge" if head == "virial" else "node")
+  if force_head not in FORCE_HEADS:
+    raise ValueError(f"force head {force_head!r}: expected one of {FORCE_HEADS}")
+  if head == "virial" and force_head != "edge":
+    raise ValueError("stress head 'virial' comes with the 'edge' force head only")
   c = default.base_config(scale)
   c.model.stress_head = head
   if head == "virial":
     c.model.force_head, c.model.edge_inputs = "edge", "rbf"
   else:
-    c.model.force_head, c.model.edge_inputs = "node", "vector"
+    c.model.force_head, c.model.edge_inputs = force_head, "vector"
   return c
