@@ -1219,6 +1219,22 @@ def train(
       )
     if meta["stopped_early"]:
       log(f"early stopping after epoch {meta['epoch']} (best epoch {meta['best_epoch']})")
+    exported = _exported_metadata(workdir, digest, dataset.version) if epochs_run == 0 else None
+    if exported is not None:
+      # A finished run called again: its model stands (re-exporting would make every evaluation
+      # of it look stale to experiments.reproduce).
+      log(f"run already finished: model in {os.path.join(workdir, 'model')}")
+      return TrainResult(
+        epochs=int(meta["epoch"]),
+        best_epoch=int(meta["best_epoch"]),
+        best_val=dict(meta.get("best_val") or {}),
+        test=dict(exported.get("test_metrics") or {}),
+        model_dir=os.path.join(workdir, "model"),
+        resumed_from=resumed_from,
+        stopped_early=bool(meta["stopped_early"]),
+        capacities=capacities,
+        params=state.params,
+      )
 
     # Export the best model with its test metrics.
     best = checkpoints.restore_best(state)
@@ -1269,6 +1285,18 @@ def train(
   finally:
     metrics_log.close()
     checkpoints.close()
+
+
+def _exported_metadata(workdir: str, digest: str, data_version: str) -> dict | None:
+  """The metadata of ``workdir/model`` if it was exported by this run (same config and data)."""
+  path = os.path.join(workdir, "model", "model.json")
+  try:
+    with open(path) as f:
+      metadata = json.load(f).get("metadata") or {}
+  except (OSError, ValueError):
+    return None
+  same = metadata.get("config_hash") == digest and metadata.get("data_version") == data_version
+  return metadata if same else None
 
 
 def export_model(

@@ -413,9 +413,18 @@ def test_early_stopping_after_patience_epochs(tiny_dataset, tmp_path, monkeypatc
   assert result.stopped_early and result.epochs == 3 and result.best_epoch == 1
   assert any("early stopping" in m for m in messages)
   assert [int(r["epoch"]) for r in training.read_metrics(str(tmp_path / "w"))] == [1, 2, 3]
-  # Rerunning a finished run re-exports without training further.
-  again = training.train(config, str(tmp_path / "w"), progress=False)
+  # Rerunning a finished run neither trains further nor rewrites its exported model.
+  model_json = tmp_path / "w" / "model" / "model.json"
+  written = model_json.stat().st_mtime_ns
+  again = training.train(config, str(tmp_path / "w"), progress=False, log=messages.append)
   assert again.epochs == 3 and again.resumed_from == 3
+  assert again.test == result.test and again.model_dir == str(tmp_path / "w" / "model")
+  assert model_json.stat().st_mtime_ns == written
+  assert any("already finished" in m for m in messages)
+  # A finished run whose model is missing exports it again.
+  model_json.unlink()
+  third = training.train(config, str(tmp_path / "w"), progress=False)
+  assert model_json.exists() and third.test == result.test
 
 
 @pytest.mark.slow
