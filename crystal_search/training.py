@@ -1219,58 +1219,49 @@ def train(
       )
     if meta["stopped_early"]:
       log(f"early stopping after epoch {meta['epoch']} (best epoch {meta['best_epoch']})")
-    exported = _exported_metadata(workdir, digest, dataset.version) if epochs_run == 0 else None
+    model_dir = os.path.join(workdir, "model")
+    exported = _exported_metadata(model_dir, digest, dataset.version) if epochs_run == 0 else None
     if exported is not None:
       # A finished run called again: its model stands (re-exporting would make every evaluation
       # of it look stale to experiments.reproduce).
-      log(f"run already finished: model in {os.path.join(workdir, 'model')}")
-      return TrainResult(
-        epochs=int(meta["epoch"]),
-        best_epoch=int(meta["best_epoch"]),
-        best_val=dict(meta.get("best_val") or {}),
-        test=dict(exported.get("test_metrics") or {}),
-        model_dir=os.path.join(workdir, "model"),
-        resumed_from=resumed_from,
-        stopped_early=bool(meta["stopped_early"]),
-        capacities=capacities,
-        params=state.params,
+      test_metrics = dict(exported.get("test_metrics") or {})
+      log(f"run already finished: model in {model_dir}")
+    else:
+      # Export the best model with its test metrics.
+      best = checkpoints.restore_best(state)
+      best_state = best[0] if best is not None else state
+      test_metrics = {}
+      for name in OPTIONAL_SPLITS:
+        if name in dataset.splits:
+          test_metrics[name] = evaluate_frames(
+            eval_step,
+            best_state,
+            dataset.splits[name],
+            kind=adapter.kind,
+            batch_size=config.eval_batch_size,
+            capacities=capacities,
+            log=log,
+          )
+          log(f"best model on {name}: {test_metrics[name]}")
+      export_model(
+        model_dir,
+        adapter=adapter,
+        state=best_state,
+        metadata={
+          "data_version": dataset.version,
+          "data_path": dataset.path,
+          "config_hash": digest,
+          "training_config": config.to_dict(),
+          "best_epoch": int(meta["best_epoch"]),
+          "epochs": int(meta["epoch"]),
+          "stopped_early": bool(meta["stopped_early"]),
+          "val_metrics": dict(meta.get("best_val") or {}),
+          "test_metrics": test_metrics,
+          "normalization": {k: float(v) for k, v in stats.items()},
+          "holdout": list(config.data.holdout),
+        },
       )
-
-    # Export the best model with its test metrics.
-    best = checkpoints.restore_best(state)
-    best_state = best[0] if best is not None else state
-    test_metrics = {}
-    for name in OPTIONAL_SPLITS:
-      if name in dataset.splits:
-        test_metrics[name] = evaluate_frames(
-          eval_step,
-          best_state,
-          dataset.splits[name],
-          kind=adapter.kind,
-          batch_size=config.eval_batch_size,
-          capacities=capacities,
-          log=log,
-        )
-        log(f"best model on {name}: {test_metrics[name]}")
-    model_dir = export_model(
-      os.path.join(workdir, "model"),
-      adapter=adapter,
-      state=best_state,
-      metadata={
-        "data_version": dataset.version,
-        "data_path": dataset.path,
-        "config_hash": digest,
-        "training_config": config.to_dict(),
-        "best_epoch": int(meta["best_epoch"]),
-        "epochs": int(meta["epoch"]),
-        "stopped_early": bool(meta["stopped_early"]),
-        "val_metrics": dict(meta.get("best_val") or {}),
-        "test_metrics": test_metrics,
-        "normalization": {k: float(v) for k, v in stats.items()},
-        "holdout": list(config.data.holdout),
-      },
-    )
-    log(f"exported the best model (epoch {meta['best_epoch']}) to {model_dir}")
+      log(f"exported the best model (epoch {meta['best_epoch']}) to {model_dir}")
     return TrainResult(
       epochs=int(meta["epoch"]),
       best_epoch=int(meta["best_epoch"]),
@@ -1287,13 +1278,14 @@ def train(
     checkpoints.close()
 
 
-def _exported_metadata(workdir: str, digest: str, data_version: str) -> dict | None:
-  """The metadata of ``workdir/model`` if it was exported by this run (same config and data)."""
-  path = os.path.join(workdir, "model", "model.json")
+def _exported_metadata(model_dir: str, digest: str, data_version: str) -> dict | None:
+  """The metadata of the model in ``model_dir`` if it is whole and this run (same config and
+  data) exported it, else None."""
+  from crystal_search.models import io as model_io
+
   try:
-    with open(path) as f:
-      metadata = json.load(f).get("metadata") or {}
-  except (OSError, ValueError):
+    _, _, _, metadata = model_io.load_model(model_dir)
+  except InputError:
     return None
   same = metadata.get("config_hash") == digest and metadata.get("data_version") == data_version
   return metadata if same else None
