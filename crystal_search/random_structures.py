@@ -59,6 +59,9 @@ class RandomStructureConfig:
     symmetric_fraction: probability of a symmetric (non-P1) cell.
     min_symmops: smallest point-group order of a symmetric cell.
     max_symmops: largest point-group order of a symmetric cell (AIRSS SYMMOPS).
+    formula_units: the formula-unit multiples ``z`` a cell may hold (AIRSS ``NFORM``),
+      e.g. ``(2,)`` for the 38-atom cells that can hold Li15Si4's primitive cell; empty:
+      every ``z`` with at most ``max_atoms`` atoms.
     max_attempts: tries per structure before it counts as failed.
     placement_tolerance: pyxtal places atoms at least this fraction of the
       minimum separation apart; a symmetry-preserving push (:func:`push_apart`)
@@ -74,6 +77,7 @@ class RandomStructureConfig:
   symmetric_fraction: float = 0.5
   min_symmops: int = 2
   max_symmops: int = 6
+  formula_units: tuple[int, ...] = ()
   max_attempts: int = 40
   placement_tolerance: float = 0.5
   element_volumes: tuple[tuple[str, float], ...] = ()
@@ -375,6 +379,11 @@ def _check_feasible(composition: Composition, config: RandomStructureConfig, vol
     raise InputError(f"volume_range {config.volume_range}: need 0 < low <= high")
   if not 0.0 <= config.symmetric_fraction <= 1.0:
     raise InputError(f"symmetric_fraction {config.symmetric_fraction}: must lie in [0, 1]")
+  if not 1 <= config.min_symmops <= config.max_symmops:
+    raise InputError(
+      f"symmetry operations [{config.min_symmops}, {config.max_symmops}]: need "
+      "1 <= min_symmops <= max_symmops"
+    )
   if config.min_separation <= 0:
     raise InputError(f"min_separation {config.min_separation}: must be positive")
   unit = composition.reduced_composition
@@ -390,6 +399,25 @@ def _check_feasible(composition: Composition, config: RandomStructureConfig, vol
       f"{per_atom_needed:.1f} Å^3 per atom but the largest allowed volume gives "
       f"{per_atom_available:.1f} Å^3 per atom"
     )
+
+
+def allowed_formula_units(composition: Composition, config: RandomStructureConfig) -> list[int]:
+  """The ``z`` a cell of ``composition`` may hold under ``config`` (``max_atoms``, ``formula_units``).
+
+  Raises:
+    InputError: when a requested ``z`` is not positive or exceeds ``max_atoms``.
+  """
+  zs = formula_units(composition, config.max_atoms)
+  if not config.formula_units:
+    return zs
+  bad = [z for z in config.formula_units if int(z) not in zs]
+  if bad:
+    n = int(round(composition.reduced_composition.num_atoms))
+    raise InputError(
+      f"formula_units {bad[0]}: {formula_name(composition)} allows 1 to {zs[-1]} formula units "
+      f"({n} atoms each, max_atoms={config.max_atoms})"
+    )
+  return sorted({int(z) for z in config.formula_units})
 
 
 def random_structure(
@@ -415,7 +443,7 @@ def random_structure(
   )
   # The cell size and whether it is symmetric are drawn once per structure, so that retries
   # (more frequent for symmetric cells) do not bias the mix towards P1.
-  z = int(rng.choice(formula_units(composition, config.max_atoms)))
+  z = int(rng.choice(allowed_formula_units(composition, config)))
   symmetric = bool(rng.random() < config.symmetric_fraction)
   info: dict = {}
   for attempt in range(1, config.max_attempts + 1):

@@ -42,6 +42,9 @@ def get_search_config() -> ml_collections.ConfigDict:
   c.composition = "Li15Si4"
   c.num_structures = 500
   c.max_atoms = 38
+  c.formula_units = ""  # comma list of allowed z (AIRSS NFORM), e.g. "2"; "": every z
+  c.symmetric_fraction = 0.5  # share of random cells built in a space group (not P1)
+  c.max_symmops = 6  # largest point-group order of a symmetric cell (AIRSS SYMMOPS)
   c.seed = 0
   c.fmax = 0.05  # eV/Å, convergence of the model relaxation
   c.smax = 1.0  # kBar
@@ -64,10 +67,33 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     raise InputError(f"fmax must be positive (eV/Å), got {c.fmax}")
   if int(c.max_steps) <= 0:
     raise InputError(f"max_steps must be positive, got {c.max_steps}")
+  parse_formula_units(c.formula_units)
+  if not 0.0 <= float(c.symmetric_fraction) <= 1.0:
+    raise InputError(f"symmetric_fraction must lie in [0, 1], got {c.symmetric_fraction}")
+  if int(c.max_symmops) < 2:
+    raise InputError(f"max_symmops must be >= 2, got {c.max_symmops}")
   if int(c.rescore_top_k) < 0:
     raise InputError(f"rescore_top_k must be >= 0, got {c.rescore_top_k}")
   if float(c.energy_window) < 0:
     raise InputError(f"energy_window must be >= 0 eV/atom, got {c.energy_window}")
+
+
+def parse_formula_units(text: str) -> tuple[int, ...]:
+  """``"1,2"`` → ``(1, 2)``; ``""`` → ``()`` (every z); one-line :class:`InputError` otherwise."""
+  out = []
+  for item in str(text or "").split(","):
+    if not item.strip():
+      continue
+    try:
+      z = int(item)
+    except ValueError:
+      raise InputError(
+        f"formula_units {text!r}: expected positive integers, e.g. '2' or '1,2'"
+      ) from None
+    if z <= 0:
+      raise InputError(f"formula_units {text!r}: formula units must be positive")
+    out.append(z)
+  return tuple(out)
 
 
 def prepare_output_dir(path: str, *, overwrite: bool) -> None:
@@ -157,6 +183,9 @@ def run_search(
     int(config.num_structures),
     seed=int(config.seed),
     max_atoms=int(config.max_atoms),
+    formula_units=parse_formula_units(config.formula_units),
+    symmetric_fraction=float(config.symmetric_fraction),
+    max_symmops=int(config.max_symmops),
     progress=progress,
   )
   wall["generate"] = time.perf_counter() - t0

@@ -25,6 +25,9 @@ flags.DEFINE_float("volume_low", 0.8, "Lowest volume as a fraction of the estima
 flags.DEFINE_float("volume_high", 1.5, "Highest volume as a fraction of the estimate.")
 flags.DEFINE_float("symmetric_fraction", 0.5, "Fraction of symmetric (non-P1) cells.")
 flags.DEFINE_integer("max_symmops", 6, "Largest point-group order of a symmetric cell.")
+flags.DEFINE_list(
+  "formula_units", [], "Formula units per cell to try (AIRSS NFORM), e.g. 2; default: every size."
+)
 flags.DEFINE_integer("max_attempts", 40, "Tries per structure.")
 flags.DEFINE_string("output", None, "An .extxyz/.xyz file, or a folder for CIFs.")
 
@@ -45,6 +48,7 @@ def _pairs(items: list[str]) -> tuple[tuple[str, float], ...]:
 def main(argv: list[str]) -> None:
   del argv
   from crystal_search.errors import InputError
+  from crystal_search.search import parse_formula_units
 
   if not FLAGS.composition:
     raise InputError("--composition is required")
@@ -57,6 +61,7 @@ def main(argv: list[str]) -> None:
     pair_min_separation=_pairs(FLAGS.pair_min_separation),
     symmetric_fraction=FLAGS.symmetric_fraction,
     max_symmops=FLAGS.max_symmops,
+    formula_units=parse_formula_units(",".join(FLAGS.formula_units)),
     max_attempts=FLAGS.max_attempts,
   )
   structures, names, infos = [], [], []

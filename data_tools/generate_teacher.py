@@ -48,6 +48,7 @@ def make_force_field(cfg):
 
 def random_config(cfg):
   from crystal_search.random_structures import RandomStructureConfig
+  from crystal_search.search import parse_formula_units
 
   r = cfg.random
   return RandomStructureConfig(
@@ -56,6 +57,7 @@ def random_config(cfg):
     min_separation=float(r.min_separation),
     symmetric_fraction=float(r.symmetric_fraction),
     max_symmops=int(r.max_symmops),
+    formula_units=parse_formula_units(r.get("formula_units", "")),
     max_attempts=int(r.max_attempts),
   )
 

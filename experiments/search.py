@@ -18,6 +18,18 @@ _COMPOSITION = flags.DEFINE_string("composition", None, "Composition, e.g. Li15S
 _NUM = flags.DEFINE_integer("num_structures", 500, "Random structures to generate and relax.")
 _OUT = flags.DEFINE_string("output_dir", None, "Directory for the report.")
 _MAX_ATOMS = flags.DEFINE_integer("max_atoms", 38, "Largest cell (atoms).")
+_FORMULA_UNITS = flags.DEFINE_string(
+  "formula_units",
+  "",
+  "Formula units per cell to try, comma list (AIRSS NFORM), e.g. 2 for 38-atom Li15Si4 cells; "
+  "default: every size up to --max_atoms.",
+)
+_SYMMETRIC = flags.DEFINE_float(
+  "symmetric_fraction", 0.5, "Share of random cells built in a space group (the rest P1)."
+)
+_MAX_SYMMOPS = flags.DEFINE_integer(
+  "max_symmops", 6, "Largest point-group order of a symmetric cell (AIRSS SYMMOPS; paper: 6)."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _MODEL = flags.DEFINE_string(
   "model", None, "Force/stress model directory (default: the model shipped in the package)."
@@ -49,6 +61,9 @@ def main(argv: list[str]) -> None:
   config.composition = _COMPOSITION.value
   config.num_structures = _NUM.value
   config.max_atoms = _MAX_ATOMS.value
+  config.formula_units = _FORMULA_UNITS.value
+  config.symmetric_fraction = _SYMMETRIC.value
+  config.max_symmops = _MAX_SYMMOPS.value
   config.seed = _SEED.value
   config.rescore_top_k = _RESCORE.value
   config.fmax = _FMAX.value

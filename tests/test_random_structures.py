@@ -124,6 +124,33 @@ def test_same_seed_same_structures_and_index_independence():
   assert not np.allclose(a.structures[0].lattice.matrix, d.structures[0].lattice.matrix)
 
 
+def test_formula_units_pin_the_cell_size():
+  # AIRSS NFORM: Li15Si4 with z=2 only gives 38-atom cells (the experimental primitive cell's).
+  config = rs.RandomStructureConfig(formula_units=(2,), symmetric_fraction=1.0)
+  result = rs.generate("Li15Si4", 3, seed=0, config=config)
+  assert [len(s) for s in result.structures] == [38, 38, 38]
+  assert all(info["formula_units"] == 2 for info in result.info)
+  assert all(info["point_group_order"] >= 2 for info in result.info)
+  # Unset, the default draw is unchanged: the same seed gives the same structure as before.
+  a = rs.generate("LiSi", 2, seed=4).structures
+  b = rs.generate("LiSi", 2, seed=4, config=rs.RandomStructureConfig(formula_units=())).structures
+  np.testing.assert_array_equal(a[1].frac_coords, b[1].frac_coords)
+
+
+@pytest.mark.parametrize(
+  "overrides,pattern",
+  [
+    ({"formula_units": (3,)}, "formula_units 3"),
+    ({"formula_units": (0,)}, "formula_units 0"),
+    ({"min_symmops": 7, "max_symmops": 6}, "symmetry operations"),
+  ],
+)
+def test_bad_generator_options_are_one_line_errors(overrides, pattern):
+  with pytest.raises(InputError, match=pattern) as e:
+    rs.generate("Li15Si4", 1, seed=0, **overrides)
+  assert "\n" not in str(e.value)
+
+
 def test_impossible_separation_is_one_line_error():
   config = rs.RandomStructureConfig(min_separation=5.0)
   with pytest.raises(InputError) as e:

@@ -104,6 +104,30 @@ def test_bad_numbers(tmp_path, morse_ff):
     search.run_search(_config(num_structures=0), force_field=morse_ff, output_dir=str(tmp_path))
 
 
+@pytest.mark.parametrize(
+  "overrides,pattern",
+  [
+    ({"formula_units": "two"}, "formula_units"),
+    ({"formula_units": "1,-2"}, "positive"),
+    ({"symmetric_fraction": 1.5}, "symmetric_fraction"),
+    ({"max_symmops": 1}, "max_symmops"),
+  ],
+)
+def test_bad_generator_settings(tmp_path, morse_ff, overrides, pattern):
+  with pytest.raises(InputError, match=pattern):
+    search.run_search(_config(**overrides), force_field=morse_ff, output_dir=str(tmp_path / "x"))
+
+
+def test_formula_units_setting_reaches_the_generator(tmp_path, morse_ff):
+  result = search.run_search(
+    _config(composition="LiSi", num_structures=2, formula_units="3", max_atoms=8),
+    force_field=morse_ff,
+    output_dir=str(tmp_path / "z3"),
+    progress=False,
+  )
+  assert {len(c.structure) for c in result.candidates} == {6}
+
+
 def _cli(*args):
   return subprocess.run(
     [sys.executable, "-m", "experiments.cli", "search", *args],
