@@ -23,6 +23,7 @@ from absl import flags
 from crystal_search.errors import InputError
 from crystal_search.evaluation import summarize_seeds
 from experiments.common import run
+from experiments.configs import stress_heads
 
 _RUNS = flags.DEFINE_list("runs", [], "Run directories with eval.json.")
 _ROW_NAMES = flags.DEFINE_list("row_names", [], "Row name per run (default: from run.json).")
@@ -122,7 +123,9 @@ def _fmt(entry: dict | None) -> str:
 
 def _paper(table: str, name: str) -> str:
   # A paper stress head beside our force head is compared with the paper's row of that head.
-  paper = PAPER[table].get(name) or PAPER[table].get(name.removesuffix(" (edge forces)"))
+  paper = PAPER[table].get(name) or PAPER[table].get(
+    name.removesuffix(stress_heads.EDGE_ROW_SUFFIX)
+  )
   return " / ".join(map(str, paper)) if paper else "–"
 
 

@@ -53,6 +53,7 @@ from absl import flags
 
 from crystal_search.errors import InputError
 from experiments.common import run
+from experiments.configs import stress_heads
 
 ROWS = (
   "noise_sweep",
@@ -66,7 +67,6 @@ ROWS = (
 )
 
 #: Suffix of the rows with the paper's stress heads on our bond-sum (edge) force head.
-EDGE = "edge forces"
 
 _ROWS = flags.DEFINE_list("rows", list(ROWS), f"Rows to run, from {ROWS}.")
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/tables", "Where run directories go.")
@@ -181,17 +181,17 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
         )
       )
     elif row == "stress_heads":
-      from experiments.configs import stress_heads
-
       out += [
         _single(f"stress_{h}", f"stress_heads.py:{h},{scale}", f"GNN stress={h}")
         for h in stress_heads.HEADS
       ]
     elif row == "stress_heads_edge":
-      from experiments.configs import stress_heads
-
       out += [
-        _single(f"stress_{h}_edge", f"stress_heads.py:{h},edge,{scale}", f"GNN stress={h} ({EDGE})")
+        _single(
+          f"stress_{h}_edge",
+          f"stress_heads.py:{h},edge,{scale}",
+          f"GNN stress={h}{stress_heads.EDGE_ROW_SUFFIX}",
+        )
         for h in stress_heads.HEADS
         if h != "virial"  # the virial head has the edge force head already
       ]

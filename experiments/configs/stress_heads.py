@@ -24,6 +24,9 @@ from experiments.configs import default
 HEADS = ("plane", "corner", "global", "virial")
 #: Force heads for the paper's stress heads: the paper's per-atom ``node`` head or our ``edge`` one.
 FORCE_HEADS = ("node", "edge")
+#: Suffix of the results-table rows whose stress head sits beside our edge force head
+#: (``experiments/reproduce.py`` names the rows, ``experiments/make_tables.py`` reads them).
+EDGE_ROW_SUFFIX = " (edge forces)"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
