@@ -173,6 +173,13 @@ def run_search(
   composition = compositions.parse_composition(
     config.composition, allowed_elements=force_field.elements
   )
+  # A cell size the composition cannot take is refused before anything is written.
+  random_structures.allowed_formula_units(
+    composition,
+    random_structures.RandomStructureConfig(
+      max_atoms=int(config.max_atoms), formula_units=parse_formula_units(config.formula_units)
+    ),
+  )
   prepare_output_dir(output_dir, overwrite=overwrite)
   wall: dict[str, float] = {}
   interrupted = False

@@ -145,6 +145,10 @@ def test_cli_bad_input_is_one_line(tmp_path):
   out = _cli("--composition=LiSi", f"--output_dir={tmp_path}/o", "--num_structures=-3", "--quiet")
   assert out.returncode == 1 and "num_structures" in out.stderr
   assert len(out.stderr.strip().splitlines()) == 1
+  out = _cli("--composition=Li15Si4", f"--output_dir={tmp_path}/z", "--formula_units=3", "--quiet")
+  assert out.returncode == 1 and "formula_units 3" in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1
+  assert not os.path.exists(tmp_path / "z")  # refused before anything is written
 
 
 @pytest.mark.meam
