@@ -50,6 +50,7 @@ def _random_config(args):
     symmetric_fraction=args.symmetric_fraction,
     min_symmops=2,
     max_symmops=args.max_symmops,
+    primitive_cells=args.primitive_cells,
   )
 
 
@@ -235,6 +236,7 @@ def main() -> None:
   parser.add_argument("--formula_units", type=int, default=2)
   parser.add_argument("--symmetric_fraction", type=float, default=1.0)
   parser.add_argument("--max_symmops", type=int, default=6)
+  parser.add_argument("--primitive_cells", action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument("--max_steps", type=int, default=600)
   parser.add_argument("--work_dir", default="runs/li15si4_discovery")
   parser.add_argument("--report", action="store_true")

@@ -62,6 +62,13 @@ class RandomStructureConfig:
     formula_units: the formula-unit multiples ``z`` a cell may hold (AIRSS ``NFORM``),
       e.g. ``(2,)`` for the 38-atom cells that can hold Li15Si4's primitive cell; empty:
       every ``z`` with at most ``max_atoms`` atoms.
+    primitive_cells: ``max_atoms`` and ``formula_units`` count the primitive cell also for
+      centred space groups (C2, Cc, R3c, I-42d, ...): the conventional cell is built with
+      2–4 times the atoms and reduced to its primitive cell before it is returned.  False
+      (the default, the committed dataset's generator): they count the conventional cell
+      pyxtal builds, so a centred group's cell repeats a primitive cell of 1/2 to 1/4 of its
+      atoms and can never hold a structure whose primitive cell has all of them (the
+      38-atom primitive cell of Li15Si4's I-43d, reachable through R3c, R3, Cc and C2).
     max_attempts: tries per structure before it counts as failed.
     placement_tolerance: pyxtal places atoms at least this fraction of the
       minimum separation apart; a symmetry-preserving push (:func:`push_apart`)
@@ -78,6 +85,7 @@ class RandomStructureConfig:
   min_symmops: int = 2
   max_symmops: int = 6
   formula_units: tuple[int, ...] = ()
+  primitive_cells: bool = False
   max_attempts: int = 40
   placement_tolerance: float = 0.5
   element_volumes: tuple[tuple[str, float], ...] = ()
@@ -201,12 +209,30 @@ def _group(number: int):
   return Group(number)
 
 
+#: Lattice points per conventional cell of each centring (pyxtal builds R groups in the
+#: hexagonal setting: 3 points).
+CENTRING_MULTIPLICITY = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "R": 3, "F": 4}
+
+
+@functools.cache
+def centring_multiplicity(number: int) -> int:
+  """Conventional-cell atoms per primitive-cell atom of space group ``number`` (1, 2, 3 or 4)."""
+  return CENTRING_MULTIPLICITY[_group(number).symbol[0]]
+
+
 @functools.lru_cache(maxsize=4096)
-def compatible_space_groups(num_ions: tuple[int, ...], low: int, high: int) -> tuple[int, ...]:
-  """Groups with point-group order in ``[low, high]`` that admit ``num_ions`` atoms per species."""
+def compatible_space_groups(
+  num_ions: tuple[int, ...], low: int, high: int, *, primitive: bool = False
+) -> tuple[int, ...]:
+  """Groups with point-group order in ``[low, high]`` that admit ``num_ions`` atoms per species.
+
+  ``num_ions`` counts the conventional cell, or with ``primitive`` the primitive cell (a
+  centred group's conventional cell then holds ``centring_multiplicity`` times as many).
+  """
   out = []
   for number in space_groups_with_symmops(low, high):
-    ok, _ = _group(number).check_compatible(list(num_ions))
+    mult = centring_multiplicity(number) if primitive else 1
+    ok, _ = _group(number).check_compatible([n * mult for n in num_ions])
     if ok:
       out.append(number)
   return tuple(out)
@@ -325,9 +351,13 @@ def _one_attempt(
   volume = float(rng.uniform(low * target, high * target))
   group = 1
   if symmetric:
-    groups = compatible_space_groups(num_ions, config.min_symmops, config.max_symmops)
+    groups = compatible_space_groups(
+      num_ions, config.min_symmops, config.max_symmops, primitive=config.primitive_cells
+    )
     if groups:
       group = int(rng.choice(groups))
+  # pyxtal builds the conventional cell; with primitive_cells it holds mult primitive cells.
+  mult = centring_multiplicity(group) if config.primitive_cells else 1
   info = {
     "space_group": group,
     "point_group_order": point_group_orders()[group],
@@ -339,13 +369,15 @@ def _one_attempt(
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     try:
-      lattice = PyxtalLattice(_group(group).lattice_type, volume, random_state=rng, min_l=min_len)
+      lattice = PyxtalLattice(
+        _group(group).lattice_type, volume * mult, random_state=rng, min_l=min_len
+      )
       crystal = pyxtal()
       crystal.from_random(
         dim=3,
         group=group,
         species=species,
-        numIons=list(num_ions),
+        numIons=[n * mult for n in num_ions],
         lattice=lattice,
         tm=_tol_matrix(species, config),
         random_state=rng,
@@ -354,6 +386,8 @@ def _one_attempt(
       if not crystal.valid:
         return None, info
       structure = crystal.to_pymatgen()
+      if mult > 1:
+        structure = structure.get_primitive_structure()
     except Exception:  # noqa: BLE001 - pyxtal raises many kinds on a bad draw; that is a retry.
       return None, info
   if len(structure) != sum(num_ions) or structure.composition.reduced_composition != unit:

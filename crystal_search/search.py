@@ -45,6 +45,7 @@ def get_search_config() -> ml_collections.ConfigDict:
   c.formula_units = ""  # comma list of allowed z (AIRSS NFORM), e.g. "2"; "": every z
   c.symmetric_fraction = 0.5  # share of random cells built in a space group (not P1)
   c.max_symmops = 6  # largest point-group order of a symmetric cell (AIRSS SYMMOPS)
+  c.primitive_cells = False  # max_atoms counts primitive cells of centred groups too
   c.seed = 0
   c.fmax = 0.05  # eV/Å, convergence of the model relaxation
   c.smax = 1.0  # kBar
@@ -193,6 +194,7 @@ def run_search(
     formula_units=parse_formula_units(config.formula_units),
     symmetric_fraction=float(config.symmetric_fraction),
     max_symmops=int(config.max_symmops),
+    primitive_cells=bool(config.primitive_cells),
     progress=progress,
   )
   wall["generate"] = time.perf_counter() - t0

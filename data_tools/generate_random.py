@@ -28,6 +28,9 @@ flags.DEFINE_integer("max_symmops", 6, "Largest point-group order of a symmetric
 flags.DEFINE_list(
   "formula_units", [], "Formula units per cell to try (AIRSS NFORM), e.g. 2; default: every size."
 )
+flags.DEFINE_boolean(
+  "primitive_cells", False, "Count atoms in the primitive cell also for centred space groups."
+)
 flags.DEFINE_integer("max_attempts", 40, "Tries per structure.")
 flags.DEFINE_string("output", None, "An .extxyz/.xyz file, or a folder for CIFs.")
 
@@ -62,6 +65,7 @@ def main(argv: list[str]) -> None:
     symmetric_fraction=FLAGS.symmetric_fraction,
     max_symmops=FLAGS.max_symmops,
     formula_units=parse_formula_units(",".join(FLAGS.formula_units)),
+    primitive_cells=FLAGS.primitive_cells,
     max_attempts=FLAGS.max_attempts,
   )
   structures, names, infos = [], [], []

@@ -58,6 +58,7 @@ def random_config(cfg):
     symmetric_fraction=float(r.symmetric_fraction),
     max_symmops=int(r.max_symmops),
     formula_units=parse_formula_units(r.get("formula_units", "")),
+    primitive_cells=bool(r.get("primitive_cells", False)),
     max_attempts=int(r.max_attempts),
   )
 

@@ -30,6 +30,12 @@ _SYMMETRIC = flags.DEFINE_float(
 _MAX_SYMMOPS = flags.DEFINE_integer(
   "max_symmops", 6, "Largest point-group order of a symmetric cell (AIRSS SYMMOPS; paper: 6)."
 )
+_PRIMITIVE = flags.DEFINE_boolean(
+  "primitive_cells",
+  False,
+  "Count --max_atoms/--formula_units in the primitive cell also for centred space groups "
+  "(C2, Cc, R3c, ...), so they can hold primitive cells of that size.",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _MODEL = flags.DEFINE_string(
   "model", None, "Force/stress model directory (default: the model shipped in the package)."
@@ -64,6 +70,7 @@ def main(argv: list[str]) -> None:
   config.formula_units = _FORMULA_UNITS.value
   config.symmetric_fraction = _SYMMETRIC.value
   config.max_symmops = _MAX_SYMMOPS.value
+  config.primitive_cells = _PRIMITIVE.value
   config.seed = _SEED.value
   config.rescore_top_k = _RESCORE.value
   config.fmax = _FMAX.value

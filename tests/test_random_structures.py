@@ -137,6 +137,32 @@ def test_formula_units_pin_the_cell_size():
   np.testing.assert_array_equal(a[1].frac_coords, b[1].frac_coords)
 
 
+def test_primitive_cells_let_centred_groups_hold_the_whole_primitive_cell():
+  # Default: a centred group's 38-atom conventional cell reduces to a 19-atom primitive cell.
+  # primitive_cells: 38 atoms in the primitive cell itself (the size of Li15Si4's I-43d cell).
+  def centred(primitive_cells):
+    config = rs.RandomStructureConfig(
+      formula_units=(2,), symmetric_fraction=1.0, primitive_cells=primitive_cells
+    )
+    result = rs.generate("Li15Si4", 12, seed=0, config=config)
+    out = []
+    for s, info in zip(result.structures, result.info, strict=True):
+      if rs.centring_multiplicity(info["space_group"]) > 1:
+        out.append((len(s), len(s.get_primitive_structure()), info))
+    return out
+
+  conventional = centred(False)
+  primitive = centred(True)
+  assert conventional and primitive
+  assert all(n == 38 and p == 19 for n, p, _ in conventional)
+  assert all(n == 38 and p == 38 for n, p, _ in primitive)
+  # R3c (6 operations, a subgroup of I-43d) holds 38 primitive atoms only when counted so.
+  assert 161 in rs.compatible_space_groups((30, 8), 2, 6, primitive=True)
+  assert 161 not in rs.compatible_space_groups((30, 8), 2, 6)
+  for _, _, info in primitive:
+    assert info["point_group_order"] == rs.point_group_orders()[info["space_group_detected"]]
+
+
 @pytest.mark.parametrize(
   "overrides,pattern",
   [

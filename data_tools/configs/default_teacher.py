@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.random.symmetric_fraction = 0.5
   c.random.max_symmops = 6
   c.random.formula_units = ""  # comma list of allowed z (AIRSS NFORM); "": every z
+  c.random.primitive_cells = False  # the committed data: max_atoms counts conventional cells
   c.random.max_attempts = 40
 
   c.relax = ml_collections.ConfigDict()
