@@ -62,6 +62,7 @@ def run_chunks(args) -> None:
 
   out_dir = os.path.join(args.work_dir, args.force_field)
   os.makedirs(os.path.join(out_dir, "hits"), exist_ok=True)
+  _check_settings(out_dir, args)
   config = _random_config(args)
   force_field = relax.make_force_field(args.force_field)
   energy_fn = search.load_force_field("model")[1] if args.force_field == "model" else None
@@ -158,29 +159,54 @@ def _summary(rows: list[dict]) -> dict:
   return out
 
 
-def report(args) -> None:
-  import jax
+def _generator(args) -> dict:
+  return {
+    "composition": args.composition,
+    "formula_units": args.formula_units,
+    "symmetric_fraction": args.symmetric_fraction,
+    "symmops": [2, args.max_symmops],
+    "primitive_cells": args.primitive_cells,
+    "seed": args.seed,
+  }
 
-  model, teacher = _load(args.work_dir, "model"), _load(args.work_dir, "chgnet")
+
+def _check_settings(out_dir: str, args) -> None:
+  """Write ``settings.json`` into a new run; refuse to resume one made with other settings."""
+  settings = {"generator": _generator(args), "relax": _settings(args)}
+  path = os.path.join(out_dir, "settings.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != settings:
+      raise SystemExit(f"error: {out_dir} holds a run with other settings ({old}); use another dir")
+  else:
+    with open(path, "w") as f:
+      json.dump(settings, f, indent=1)
+
+
+def _describe(generator: dict) -> str:
+  counted = "primitive" if generator["primitive_cells"] else "conventional (dataset generator)"
+  return (
+    f"z={generator['formula_units']}, symmetric {generator['symmetric_fraction']:g}, "
+    f"{generator['symmops'][0]}–{generator['symmops'][1]} ops, atoms counted in the "
+    f"{counted} cell, seed {generator['seed']}"
+  )
+
+
+def _run_report(work_dir: str) -> dict:
+  model, teacher = _load(work_dir, "model"), _load(work_dir, "chgnet")
   shared = sorted({r["index"] for r in model} & {r["index"] for r in teacher})
   by_model = {r["index"]: r for r in model}
-  teacher_shared = [r for r in teacher if r["index"] in shared]
-  teacher_hits = [r["index"] for r in teacher_shared if r["experimental"]]
-  result = {
-    "command": "python benchmarks/li15si4_discovery.py "
-    + " ".join(f"--{k}={v}" for k, v in sorted(vars(args).items()) if k not in ("report", "out")),
-    "machine": {
-      "platform": platform.platform(),
-      "cpu_count": os.cpu_count(),
-      "devices": [str(d) for d in jax.devices()],
-    },
-    "settings": _settings(args),
-    "generator": {
-      "formula_units": args.formula_units,
-      "symmetric_fraction": args.symmetric_fraction,
-      "symmops": [2, args.max_symmops],
-      "seed": args.seed,
-    },
+  teacher_hits = [r["index"] for r in teacher if r["index"] in shared and r["experimental"]]
+  settings = {}
+  for kind in ("model", "chgnet"):
+    path = os.path.join(work_dir, kind, "settings.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        settings = json.load(f)
+  return {
+    "work_dir": work_dir,
+    "settings": settings,
     "model": _summary(model),
     "teacher": _summary(teacher),
     "shared_starts": {
@@ -190,36 +216,67 @@ def report(args) -> None:
       "model_reproduces_teacher": sum(by_model[i]["experimental"] for i in teacher_hits),
     },
   }
+
+
+def report(args) -> None:
+  import jax
+
+  runs = [_run_report(d) for d in args.work_dir.split(",")]
+  result = {
+    "command": "python benchmarks/li15si4_discovery.py --report "
+    f"--work_dir={args.work_dir} --out={args.out}",
+    "machine": {
+      "platform": platform.platform(),
+      "cpu_count": os.cpu_count(),
+      "devices": [str(d) for d in jax.devices()],
+    },
+    "runs": runs,
+  }
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
-  m, t, s = result["model"], result["teacher"], result["shared_starts"]
   lines = [
     "# Held-out Li15Si4: is the experimental structure found by random search?",
     "",
-    f"`{result['command']}` (and `--report`)",
+    f"`{result['command']}`",
     "",
-    f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} CPUs, one core "
-    "per run. Random Li15Si4 cells of "
-    f"{args.formula_units} formula units ({19 * args.formula_units} atoms), symmetric fraction "
-    f"{args.symmetric_fraction}, 2–{args.max_symmops} point operations, seed {args.seed}; our "
-    f"relaxer with the teacher's settings ({args.max_steps}-step cap). Raw rows: "
-    f"`{os.path.basename(args.out)}`; chunks under `{args.work_dir}`.",
+    f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} CPUs; the model "
+    "and the teacher ran side by side, one core each. Random Li15Si4 cells from "
+    "`crystal_search.random_structures` (settings per row), relaxed through our relaxer with "
+    "the teacher's settings (SMASS=2, POTIM=0.4, positions and cell, fmax 0.05 eV/Å, smax "
+    "5 kBar, step cap in `settings.json`); 'found' = the final structure matches "
+    f"`{EXPERIMENTAL}` (StructureMatcher ltol 0.2, stol 0.3, angle_tol 5°). The teacher relaxes "
+    "the first structures of the model's seeded sequence, so the two share those starts. Raw "
+    f"numbers: `{os.path.basename(args.out)}`.",
     "",
-    "| relaxer | relaxed | converged | failed | experimental found | s / structure |",
-    "|---|---:|---:|---:|---:|---:|",
-    f"| shipped model (never trained on Li15Si4) | {m['relaxed']} | {m['converged']} | "
-    f"{m['failed']} | {m['experimental']} | {m['s_per_structure']} |",
-    f"| CHGNet (teacher) | {t['relaxed']} | {t['converged']} | {t['failed']} | "
-    f"{t['experimental']} | {t['s_per_structure']} |",
-    "",
-    f"On the {s['structures']} starts both relaxed: teacher found it {s['teacher_experimental']} "
-    f"times, the model {s['model_experimental']} times; the model reproduced "
-    f"{s['model_reproduces_teacher']} of the teacher's {s['teacher_experimental']}.",
+    "| generator | relaxer | relaxed | converged | failed | experimental found | s / structure |",
+    "|---|---|---:|---:|---:|---:|---:|",
   ]
-  if "experimental_energy_ranks" in m:
+  for run in runs:
+    where = _describe(run["settings"]["generator"]) if run["settings"] else run["work_dir"]
+    for label, key in (("shipped model", "model"), ("CHGNet (teacher)", "teacher")):
+      x = run[key]
+      if not x["relaxed"]:
+        continue
+      lines.append(
+        f"| {where} | {label} | {x['relaxed']} | {x['converged']} | {x['failed']} | "
+        f"{x['experimental']} | {x['s_per_structure']} |"
+      )
+  lines.append("")
+  for run in runs:
+    s, m = run["shared_starts"], run["model"]
+    if not run["settings"]:
+      continue
     lines.append(
-      f"Model hits rank {m['experimental_energy_ranks']} of {m['relaxed'] - m['failed']} by the "
-      f"shipped energy model ({m['ranked_by']})."
+      f"- {_describe(run['settings']['generator'])}: on the {s['structures']} starts both "
+      f"relaxed, the teacher found it {s['teacher_experimental']} times and the model "
+      f"{s['model_experimental']} times; the model reproduced {s['model_reproduces_teacher']} "
+      f"of the teacher's {s['teacher_experimental']}."
+      + (
+        f" Model hits rank {m['experimental_energy_ranks']} of {m['relaxed'] - m['failed']} by "
+        f"the shipped energy model."
+        if "experimental_energy_ranks" in m
+        else ""
+      )
     )
   with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -238,7 +295,9 @@ def main() -> None:
   parser.add_argument("--max_symmops", type=int, default=6)
   parser.add_argument("--primitive_cells", action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument("--max_steps", type=int, default=600)
-  parser.add_argument("--work_dir", default="runs/li15si4_discovery")
+  parser.add_argument(
+    "--work_dir", default="runs/li15si4_discovery", help="with --report: a comma list"
+  )
   parser.add_argument("--report", action="store_true")
   parser.add_argument("--out", default="benchmarks/results/li15si4_discovery.json")
   args = parser.parse_args()
