@@ -3,7 +3,8 @@
 For a composition the generator draws, per structure:
 
 * the number of formula units ``z`` uniformly among those that keep the cell
-  at ``<= max_atoms`` atoms (38 in the paper);
+  at ``<= max_atoms`` atoms (38 in the paper), or among ``formula_units``
+  (AIRSS ``NFORM``) when given;
 * the cell volume uniformly in ``volume_range`` (80–150 %) of a target volume
   ``sum_i n_i v_i`` whose per-element volumes ``v_i`` are fitted (least
   squares) to the known Li–Si phases bundled in ``crystal_search/data/lisi_phases``;
@@ -13,7 +14,10 @@ For a composition the generator draws, per structure:
   of symmetry operations of the primitive cell, AIRSS ``SYMMOPS``) lies in
   ``[2, max_symmops]`` (6 in the paper), drawn among the groups compatible
   with the atom counts (pyxtal ``random_crystal`` places the atoms on Wyckoff
-  positions);
+  positions).  pyxtal builds centred groups (C, I, R, F) in their conventional
+  cell: by default that cell holds the ``z`` formula units (the committed
+  dataset's generator), with ``primitive_cells`` the primitive cell does and
+  the conventional one is built 2–4 times larger and reduced;
 * a minimum separation of 2.28 Å between all atoms (per species pair
   configurable), checked over all periodic images after generation.
 
