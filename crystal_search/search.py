@@ -299,6 +299,8 @@ def run_search(
     "force_field": getattr(force_field, "name", type(force_field).__name__),
     "composition": config.composition,
     "seed": int(config.seed),
+    # Every setting of the run (generator, relaxation, ranking), so a report says how it was made.
+    "settings": config.to_dict(),
   }
   result = SearchResult(rows=rows, totals=totals, candidates=candidates, groups=groups)
   write_report(result, output_dir)

@@ -126,6 +126,9 @@ def test_formula_units_setting_reaches_the_generator(tmp_path, morse_ff):
     progress=False,
   )
   assert {len(c.structure) for c in result.candidates} == {6}
+  with open(tmp_path / "z3" / "summary.json") as f:
+    settings = json.load(f)["totals"]["settings"]
+  assert settings["formula_units"] == "3" and settings["primitive_cells"] is False
 
 
 def _cli(*args):
