@@ -439,6 +439,24 @@ def _check_feasible(composition: Composition, config: RandomStructureConfig, vol
     )
 
 
+def parse_formula_units(text: str) -> tuple[int, ...]:
+  """``"1,2"`` → ``(1, 2)``; ``""`` → ``()`` (every z); one-line :class:`~crystal_search.errors.InputError` otherwise."""
+  out = []
+  for item in str(text or "").split(","):
+    if not item.strip():
+      continue
+    try:
+      z = int(item)
+    except ValueError:
+      raise InputError(
+        f"formula_units {text!r}: expected positive integers, e.g. '2' or '1,2'"
+      ) from None
+    if z <= 0:
+      raise InputError(f"formula_units {text!r}: formula units must be positive")
+    out.append(z)
+  return tuple(out)
+
+
 def allowed_formula_units(composition: Composition, config: RandomStructureConfig) -> list[int]:
   """The ``z`` a cell of ``composition`` may hold under ``config`` (``max_atoms``, ``formula_units``).
 

@@ -68,6 +68,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     raise InputError(f"fmax must be positive (eV/Å), got {c.fmax}")
   if int(c.max_steps) <= 0:
     raise InputError(f"max_steps must be positive, got {c.max_steps}")
+  from crystal_search.random_structures import parse_formula_units
+
   parse_formula_units(c.formula_units)
   if not 0.0 <= float(c.symmetric_fraction) <= 1.0:
     raise InputError(f"symmetric_fraction must lie in [0, 1], got {c.symmetric_fraction}")
@@ -77,24 +79,6 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     raise InputError(f"rescore_top_k must be >= 0, got {c.rescore_top_k}")
   if float(c.energy_window) < 0:
     raise InputError(f"energy_window must be >= 0 eV/atom, got {c.energy_window}")
-
-
-def parse_formula_units(text: str) -> tuple[int, ...]:
-  """``"1,2"`` → ``(1, 2)``; ``""`` → ``()`` (every z); one-line :class:`InputError` otherwise."""
-  out = []
-  for item in str(text or "").split(","):
-    if not item.strip():
-      continue
-    try:
-      z = int(item)
-    except ValueError:
-      raise InputError(
-        f"formula_units {text!r}: expected positive integers, e.g. '2' or '1,2'"
-      ) from None
-    if z <= 0:
-      raise InputError(f"formula_units {text!r}: formula units must be positive")
-    out.append(z)
-  return tuple(out)
 
 
 def prepare_output_dir(path: str, *, overwrite: bool) -> None:
@@ -174,13 +158,15 @@ def run_search(
   composition = compositions.parse_composition(
     config.composition, allowed_elements=force_field.elements
   )
-  # A cell size the composition cannot take is refused before anything is written.
-  random_structures.allowed_formula_units(
-    composition,
-    random_structures.RandomStructureConfig(
-      max_atoms=int(config.max_atoms), formula_units=parse_formula_units(config.formula_units)
-    ),
+  generator = random_structures.RandomStructureConfig(
+    max_atoms=int(config.max_atoms),
+    formula_units=random_structures.parse_formula_units(config.formula_units),
+    symmetric_fraction=float(config.symmetric_fraction),
+    max_symmops=int(config.max_symmops),
+    primitive_cells=bool(config.primitive_cells),
   )
+  # A cell size the composition cannot take is refused before anything is written.
+  random_structures.allowed_formula_units(composition, generator)
   prepare_output_dir(output_dir, overwrite=overwrite)
   wall: dict[str, float] = {}
   interrupted = False
@@ -190,11 +176,7 @@ def run_search(
     composition,
     int(config.num_structures),
     seed=int(config.seed),
-    max_atoms=int(config.max_atoms),
-    formula_units=parse_formula_units(config.formula_units),
-    symmetric_fraction=float(config.symmetric_fraction),
-    max_symmops=int(config.max_symmops),
-    primitive_cells=bool(config.primitive_cells),
+    config=generator,
     progress=progress,
   )
   wall["generate"] = time.perf_counter() - t0

@@ -51,7 +51,6 @@ def _pairs(items: list[str]) -> tuple[tuple[str, float], ...]:
 def main(argv: list[str]) -> None:
   del argv
   from crystal_search.errors import InputError
-  from crystal_search.search import parse_formula_units
 
   if not FLAGS.composition:
     raise InputError("--composition is required")
@@ -64,7 +63,7 @@ def main(argv: list[str]) -> None:
     pair_min_separation=_pairs(FLAGS.pair_min_separation),
     symmetric_fraction=FLAGS.symmetric_fraction,
     max_symmops=FLAGS.max_symmops,
-    formula_units=parse_formula_units(",".join(FLAGS.formula_units)),
+    formula_units=rs.parse_formula_units(",".join(FLAGS.formula_units)),
     primitive_cells=FLAGS.primitive_cells,
     max_attempts=FLAGS.max_attempts,
   )

@@ -47,8 +47,7 @@ def make_force_field(cfg):
 
 
 def random_config(cfg):
-  from crystal_search.random_structures import RandomStructureConfig
-  from crystal_search.search import parse_formula_units
+  from crystal_search.random_structures import RandomStructureConfig, parse_formula_units
 
   r = cfg.random
   return RandomStructureConfig(
