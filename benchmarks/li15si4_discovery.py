@@ -6,11 +6,12 @@ and count those that end in the experimental structure (I-43d, 38-atom primitive
 dataset's 200 held-out teacher relaxations (all cell sizes, half of them P1) never reached it, so
 this run spends its budget where the structure can appear: cells of exactly ``--formula_units``
 formula units (2: 38 atoms, the primitive cell's size; AIRSS ``NFORM``), all of them symmetric
-with 2 to ``--max_symmops`` point operations (the paper's "up to 6"; the generator of
-``crystal_search.random_structures``, seeded).  Every structure is relaxed through our relaxer
-with the teacher's settings (SMASS=2, POTIM=0.4, positions and cell, fmax 0.05 eV/Å, smax
-5 kBar, ``--max_steps``), by the shipped model (``--force_field=model``) or by CHGNet
-(``--force_field=chgnet``); the teacher relaxes the first structures of the same seeded
+with ``--min_symmops`` (2) to ``--max_symmops`` point operations (the paper's "up to 6"; AIRSS
+``SYMMOPS``, which may also pin a high symmetry: ``--min_symmops=24 --max_symmops=24``; the
+generator of ``crystal_search.random_structures``, seeded).  Every structure is relaxed through
+our relaxer with the teacher's settings (SMASS=2, POTIM=0.4, positions and cell, fmax
+0.05 eV/Å, smax 5 kBar, ``--max_steps``), by the shipped model (``--force_field=model``) or by
+CHGNet (``--force_field=chgnet``); the teacher relaxes the first structures of the same seeded
 sequence, so the two share their starts.  A final structure "is" the experimental one when
 :func:`crystal_search.metrics.known_phase` matches it (StructureMatcher ltol 0.2, stol 0.3,
 angle_tol 5°, primitive cells, volumes scaled).
@@ -48,7 +49,7 @@ def _random_config(args):
   return RandomStructureConfig(
     formula_units=(args.formula_units,),
     symmetric_fraction=args.symmetric_fraction,
-    min_symmops=2,
+    min_symmops=args.min_symmops,
     max_symmops=args.max_symmops,
     primitive_cells=args.primitive_cells,
   )
@@ -166,7 +167,7 @@ def _generator(args) -> dict:
     "composition": args.composition,
     "formula_units": args.formula_units,
     "symmetric_fraction": args.symmetric_fraction,
-    "symmops": [2, args.max_symmops],
+    "symmops": [args.min_symmops, args.max_symmops],
     "primitive_cells": args.primitive_cells,
     "seed": args.seed,
   }
@@ -320,6 +321,7 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--formula_units", type=int, default=2)
   parser.add_argument("--symmetric_fraction", type=float, default=1.0)
+  parser.add_argument("--min_symmops", type=int, default=2)
   parser.add_argument("--max_symmops", type=int, default=6)
   parser.add_argument("--primitive_cells", action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument("--max_steps", type=int, default=600)

@@ -60,7 +60,9 @@ class RandomStructureConfig:
     min_separation: minimum distance between any two atoms, Å.
     pair_min_separation: per species pair overrides, keys ``'A-B'`` (either
       order), values in Å.
-    symmetric_fraction: probability of a symmetric (non-P1) cell.
+    symmetric_fraction: probability of a symmetric (non-P1) cell (a cell size that no space
+      group with ``min_symmops`` to ``max_symmops`` operations fits is built in P1; when no
+      allowed size fits any, generation stops with a one-line error).
     min_symmops: smallest point-group order of a symmetric cell.
     max_symmops: largest point-group order of a symmetric cell (AIRSS SYMMOPS).
     formula_units: the formula-unit multiples ``z`` a cell may hold (AIRSS ``NFORM``),
@@ -411,7 +413,10 @@ def _one_attempt(
   return structure, info
 
 
-def _check_feasible(composition: Composition, config: RandomStructureConfig, volumes) -> None:
+def check_settings(config: RandomStructureConfig) -> None:
+  """One-line :class:`~crystal_search.errors.InputError` for settings no composition can meet."""
+  if config.max_atoms <= 0:
+    raise InputError(f"max_atoms {config.max_atoms}: must be positive")
   low, high = config.volume_range
   if not 0 < low <= high:
     raise InputError(f"volume_range {config.volume_range}: need 0 < low <= high")
@@ -424,6 +429,38 @@ def _check_feasible(composition: Composition, config: RandomStructureConfig, vol
     )
   if config.min_separation <= 0:
     raise InputError(f"min_separation {config.min_separation}: must be positive")
+
+
+def _check_symmetric_cells(composition: Composition, config: RandomStructureConfig) -> None:
+  """Refuse symmetric cells that no allowed cell size can hold (they would all fall back to P1)."""
+  if config.symmetric_fraction == 0:
+    return
+  unit = composition.reduced_composition
+  species = [el.symbol for el in unit]
+  zs = allowed_formula_units(composition, config)
+  for z in zs:
+    num_ions = tuple(int(round(unit[s] * z)) for s in species)
+    if compatible_space_groups(
+      num_ions, config.min_symmops, config.max_symmops, primitive=config.primitive_cells
+    ):
+      return
+  raise InputError(
+    f"composition {formula_name(composition)}: no space group with {config.min_symmops} to "
+    f"{config.max_symmops} symmetry operations fits cells of {', '.join(map(str, zs))} formula "
+    "units; widen the symmetry range or change formula_units"
+  )
+
+
+def check_composition(
+  composition: Composition, config: RandomStructureConfig, volumes: dict[str, float] | None = None
+) -> None:
+  """One-line :class:`~crystal_search.errors.InputError` when ``config`` cannot make cells of
+  ``composition``: bad settings, a cell size it cannot take, symmetry no allowed size fits, or
+  too little volume for the minimum separation."""
+  volumes = volumes or dict(config.element_volumes) or default_element_volumes()
+  check_settings(config)
+  _check_symmetric_cells(composition, config)
+  low, high = config.volume_range
   unit = composition.reduced_composition
   # Densest packing of hard spheres of diameter d fills d^3 / sqrt(2) per sphere; a cell
   # smaller than that at the largest allowed volume can never hold the atoms.
@@ -492,7 +529,7 @@ def random_structure(
   if isinstance(composition, str):
     composition = parse_composition(composition)
   volumes = dict(config.element_volumes) or default_element_volumes()
-  _check_feasible(composition, config, volumes)
+  check_composition(composition, config, volumes)
   name = formula_name(composition)
   rng = np.random.default_rng(
     np.random.SeedSequence([int(seed), int(index), zlib.crc32(name.encode())])

@@ -44,6 +44,7 @@ def get_search_config() -> ml_collections.ConfigDict:
   c.max_atoms = 38
   c.formula_units = ""  # comma list of allowed z (AIRSS NFORM), e.g. "2"; "": every z
   c.symmetric_fraction = 0.5  # share of random cells built in a space group (not P1)
+  c.min_symmops = 2  # smallest point-group order of a symmetric cell
   c.max_symmops = 6  # largest point-group order of a symmetric cell (AIRSS SYMMOPS)
   c.primitive_cells = False  # max_atoms counts primitive cells of centred groups too
   c.seed = 0
@@ -58,23 +59,31 @@ def get_search_config() -> ml_collections.ConfigDict:
   return c
 
 
+def generator_config(c: ml_collections.ConfigDict):
+  """The :class:`~crystal_search.random_structures.RandomStructureConfig` of search config ``c``."""
+  from crystal_search import random_structures
+
+  return random_structures.RandomStructureConfig(
+    max_atoms=int(c.max_atoms),
+    formula_units=random_structures.parse_formula_units(c.formula_units),
+    symmetric_fraction=float(c.symmetric_fraction),
+    min_symmops=int(c.min_symmops),
+    max_symmops=int(c.max_symmops),
+    primitive_cells=bool(c.primitive_cells),
+  )
+
+
 def validate_config(c: ml_collections.ConfigDict) -> None:
   """One-line :class:`InputError` for impossible values."""
   if int(c.num_structures) <= 0:
     raise InputError(f"num_structures must be positive, got {c.num_structures}")
-  if int(c.max_atoms) <= 0:
-    raise InputError(f"max_atoms must be positive, got {c.max_atoms}")
   if float(c.fmax) <= 0:
     raise InputError(f"fmax must be positive (eV/Å), got {c.fmax}")
   if int(c.max_steps) <= 0:
     raise InputError(f"max_steps must be positive, got {c.max_steps}")
-  from crystal_search.random_structures import parse_formula_units
+  from crystal_search.random_structures import check_settings
 
-  parse_formula_units(c.formula_units)
-  if not 0.0 <= float(c.symmetric_fraction) <= 1.0:
-    raise InputError(f"symmetric_fraction must lie in [0, 1], got {c.symmetric_fraction}")
-  if int(c.max_symmops) < 2:
-    raise InputError(f"max_symmops must be >= 2, got {c.max_symmops}")
+  check_settings(generator_config(c))
   if int(c.rescore_top_k) < 0:
     raise InputError(f"rescore_top_k must be >= 0, got {c.rescore_top_k}")
   if float(c.energy_window) < 0:
@@ -158,15 +167,10 @@ def run_search(
   composition = compositions.parse_composition(
     config.composition, allowed_elements=force_field.elements
   )
-  generator = random_structures.RandomStructureConfig(
-    max_atoms=int(config.max_atoms),
-    formula_units=random_structures.parse_formula_units(config.formula_units),
-    symmetric_fraction=float(config.symmetric_fraction),
-    max_symmops=int(config.max_symmops),
-    primitive_cells=bool(config.primitive_cells),
-  )
-  # A cell size the composition cannot take is refused before anything is written.
-  random_structures.allowed_formula_units(composition, generator)
+  generator = generator_config(config)
+  # A cell size the composition cannot take, or symmetry no allowed cell size can have, is
+  # refused before anything is written.
+  random_structures.check_composition(composition, generator)
   prepare_output_dir(output_dir, overwrite=overwrite)
   wall: dict[str, float] = {}
   interrupted = False

@@ -24,6 +24,7 @@ flags.DEFINE_list("pair_min_separation", [], "Per-pair overrides, e.g. Li-Li=2.2
 flags.DEFINE_float("volume_low", 0.8, "Lowest volume as a fraction of the estimate.")
 flags.DEFINE_float("volume_high", 1.5, "Highest volume as a fraction of the estimate.")
 flags.DEFINE_float("symmetric_fraction", 0.5, "Fraction of symmetric (non-P1) cells.")
+flags.DEFINE_integer("min_symmops", 2, "Smallest point-group order of a symmetric cell.")
 flags.DEFINE_integer("max_symmops", 6, "Largest point-group order of a symmetric cell.")
 flags.DEFINE_list(
   "formula_units", [], "Formula units per cell to try (AIRSS NFORM), e.g. 2; default: every size."
@@ -62,6 +63,7 @@ def main(argv: list[str]) -> None:
     min_separation=FLAGS.min_separation,
     pair_min_separation=_pairs(FLAGS.pair_min_separation),
     symmetric_fraction=FLAGS.symmetric_fraction,
+    min_symmops=FLAGS.min_symmops,
     max_symmops=FLAGS.max_symmops,
     formula_units=rs.parse_formula_units(",".join(FLAGS.formula_units)),
     primitive_cells=FLAGS.primitive_cells,

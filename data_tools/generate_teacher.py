@@ -55,6 +55,7 @@ def random_config(cfg):
     volume_range=(float(r.volume_low), float(r.volume_high)),
     min_separation=float(r.min_separation),
     symmetric_fraction=float(r.symmetric_fraction),
+    min_symmops=int(r.get("min_symmops", 2)),
     max_symmops=int(r.max_symmops),
     formula_units=parse_formula_units(r.get("formula_units", "")),
     primitive_cells=bool(r.get("primitive_cells", False)),

@@ -27,7 +27,9 @@ Rows (names as in :mod:`experiments.make_tables`):
   own longer CPU budget at either scale, so ``--set`` shortcuts meant for the sweep do not fit
   it: run it in its own invocation);
 * ``pretrained_wide``: the shipped config at twice the width (``pretrained.py:wide``), a
-  capacity check (``GNN (shipped config; width 64)``).
+  capacity check (``GNN (shipped config; width 64)``);
+* ``pretrained_plane``: the paper's node force head and plane stress head trained with the
+  shipped budget (``pretrained.py:plane``, ``GNN stress=plane (shipped budget)``).
 
 Jobs whose training configs resolve to the same values share one run (at CPU scale
 ``GNN stress=virial`` is the ``GNN noise=0.01`` seed-0 run).  An evaluation is redone when the
@@ -64,9 +66,11 @@ ROWS = (
   "meam",
   "pretrained",
   "pretrained_wide",
+  "pretrained_plane",
 )
 
-#: Suffix of the rows with the paper's stress heads on our bond-sum (edge) force head.
+#: Row of the paper's node force head and plane stress head trained with the shipped budget.
+PLANE_SHIPPED_BUDGET_ROW = "GNN stress=plane (shipped budget)"
 
 _ROWS = flags.DEFINE_list("rows", list(ROWS), f"Rows to run, from {ROWS}.")
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/tables", "Where run directories go.")
@@ -203,6 +207,8 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
     elif row == "pretrained_wide":
       row_name = "GNN (shipped config; width 64)"
       out.append(_single("pretrained_wide", "pretrained.py:wide", row_name))
+    elif row == "pretrained_plane":
+      out.append(_single("pretrained_plane", "pretrained.py:plane", PLANE_SHIPPED_BUDGET_ROW))
   for job in out:  # make_tables takes the row names as one comma-separated list
     for row in [ev.row for ev in job.evaluations] + [row for _, row in job.aliases]:
       if "," in row:

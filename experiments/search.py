@@ -27,6 +27,12 @@ _FORMULA_UNITS = flags.DEFINE_string(
 _SYMMETRIC = flags.DEFINE_float(
   "symmetric_fraction", 0.5, "Share of random cells built in a space group (the rest P1)."
 )
+_MIN_SYMMOPS = flags.DEFINE_integer(
+  "min_symmops",
+  2,
+  "Smallest point-group order of a symmetric cell; with --max_symmops it can pin a high "
+  "symmetry (e.g. 24 and 24 for cubic and hexagonal groups of 24 operations).",
+)
 _MAX_SYMMOPS = flags.DEFINE_integer(
   "max_symmops", 6, "Largest point-group order of a symmetric cell (AIRSS SYMMOPS; paper: 6)."
 )
@@ -69,6 +75,7 @@ def main(argv: list[str]) -> None:
   config.max_atoms = _MAX_ATOMS.value
   config.formula_units = _FORMULA_UNITS.value
   config.symmetric_fraction = _SYMMETRIC.value
+  config.min_symmops = _MIN_SYMMOPS.value
   config.max_symmops = _MAX_SYMMOPS.value
   config.primitive_cells = _PRIMITIVE.value
   config.seed = _SEED.value

@@ -177,6 +177,29 @@ def test_bad_generator_options_are_one_line_errors(overrides, pattern):
   assert "\n" not in str(e.value)
 
 
+def test_min_symmops_pins_a_high_symmetry():
+  config = rs.RandomStructureConfig(
+    max_atoms=8, symmetric_fraction=1.0, min_symmops=24, max_symmops=24
+  )
+  result = rs.generate("LiSi", 3, seed=1, config=config)
+  assert len(result.structures) == 3
+  for s, info in zip(result.structures, result.info, strict=True):
+    assert info["point_group_order"] == 24
+    ops = SpacegroupAnalyzer(s, symprec=1e-3).get_symmetry_dataset().rotations
+    assert len({np.asarray(r).tobytes() for r in ops}) % 24 == 0
+
+
+def test_symmetry_no_allowed_cell_size_can_have_is_one_line_error():
+  # No space group with 48 operations holds 5 Li + 1 Si (Li5Si, max_atoms 6: z = 1 only).
+  assert not rs.compatible_space_groups((5, 1), 48, 48, primitive=True)
+  options = dict(max_atoms=6, min_symmops=48, max_symmops=48, primitive_cells=True)
+  with pytest.raises(InputError, match="no space group with 48 to 48") as e:
+    rs.generate("Li5Si", 1, seed=0, symmetric_fraction=1.0, **options)
+  assert "\n" not in str(e.value)
+  # Without symmetric cells the symmetry range is not used, so nothing is refused.
+  assert len(rs.generate("Li5Si", 1, seed=0, symmetric_fraction=0.0, **options).structures) == 1
+
+
 def test_impossible_separation_is_one_line_error():
   config = rs.RandomStructureConfig(min_separation=5.0)
   with pytest.raises(InputError) as e:

@@ -111,11 +111,18 @@ def test_bad_numbers(tmp_path, morse_ff):
     ({"formula_units": "1,-2"}, "positive"),
     ({"symmetric_fraction": 1.5}, "symmetric_fraction"),
     ({"max_symmops": 1}, "max_symmops"),
+    ({"min_symmops": 8, "max_symmops": 6}, "min_symmops <= max_symmops"),
+    (
+      {"composition": "Li5Si", "max_atoms": 6, "symmetric_fraction": 1.0}
+      | {"min_symmops": 48, "max_symmops": 48},
+      "no space group with 48",
+    ),
   ],
 )
 def test_bad_generator_settings(tmp_path, morse_ff, overrides, pattern):
   with pytest.raises(InputError, match=pattern):
     search.run_search(_config(**overrides), force_field=morse_ff, output_dir=str(tmp_path / "x"))
+  assert not (tmp_path / "x").exists()  # refused before anything is written
 
 
 def test_formula_units_setting_reaches_the_generator(tmp_path, morse_ff):

@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.random.volume_high = 1.5
   c.random.min_separation = 2.28
   c.random.symmetric_fraction = 0.5
+  c.random.min_symmops = 2
   c.random.max_symmops = 6
   c.random.formula_units = ""  # comma list of allowed z (AIRSS NFORM); "": every z
   c.random.primitive_cells = False  # the committed data: max_atoms counts conventional cells

@@ -13,11 +13,16 @@ validation does not dominate the epoch time.
 ``pretrained.py:wide`` is the same run with twice the width (``WIDE``: blocks of width 64, heads
 64-32): a capacity check, about 150 s an epoch on one core (2.2x the shipped width's time), not
 shipped (``experiments/results/tables.md``, row ``GNN (shipped config; width 64)``).
+
+``pretrained.py:plane`` is the paper's force and stress heads (per-atom node force head, plane
+stress head, vector edge inputs: ``stress_heads.py:plane``) on the shipped trunk and budget: the
+paper's Table 5 choice trained as long as the shipped model, not shipped
+(row ``GNN stress=plane (shipped budget)``).
 """
 
 import ml_collections
 
-from experiments.configs import default
+from experiments.configs import default, stress_heads
 
 EPOCHS = 45
 HALVING_EPOCHS = 15
@@ -25,9 +30,9 @@ WIDE = {"width": 64, "head_widths": (64, 32)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "", "wide"):
-    raise ValueError(f"pretrained.py takes no argument or 'wide', got {arg!r}")
-  c = default.base_config("cpu")
+  if arg not in (None, "", "wide", "plane"):
+    raise ValueError(f"pretrained.py takes no argument, 'wide' or 'plane', got {arg!r}")
+  c = stress_heads.get_config("plane,cpu") if arg == "plane" else default.base_config("cpu")
   c.data.max_train_frames = 0
   c.num_epochs = EPOCHS
   c.lr_halving_epochs = HALVING_EPOCHS
