@@ -23,7 +23,6 @@ from absl import flags
 from crystal_search.errors import InputError
 from crystal_search.evaluation import summarize_seeds
 from experiments.common import run
-from experiments.configs import stress_heads
 
 _RUNS = flags.DEFINE_list("runs", [], "Run directories with eval.json.")
 _ROW_NAMES = flags.DEFINE_list("row_names", [], "Row name per run (default: from run.json).")
@@ -122,10 +121,10 @@ def _fmt(entry: dict | None) -> str:
 
 
 def _paper(table: str, name: str) -> str:
-  # A paper stress head beside our force head is compared with the paper's row of that head.
-  paper = PAPER[table].get(name) or PAPER[table].get(
-    name.removesuffix(stress_heads.EDGE_ROW_SUFFIX)
-  )
+  # A paper stress head in another setting ("GNN stress=plane (edge forces)", "... (shipped
+  # budget)") is compared with the paper's row of that head.
+  head = name.split(" (")[0] if name.startswith("GNN stress=") else name
+  paper = PAPER[table].get(name) or PAPER[table].get(head)
   return " / ".join(map(str, paper)) if paper else "–"
 
 

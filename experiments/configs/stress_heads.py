@@ -25,7 +25,8 @@ HEADS = ("plane", "corner", "global", "virial")
 #: Force heads for the paper's stress heads: the paper's per-atom ``node`` head or our ``edge`` one.
 FORCE_HEADS = ("node", "edge")
 #: Suffix of the results-table rows whose stress head sits beside our edge force head
-#: (``experiments/reproduce.py`` names the rows, ``experiments/make_tables.py`` reads them).
+#: (``experiments/reproduce.py`` names the rows; ``experiments/make_tables.py`` compares every
+#: ``GNN stress=HEAD (...)`` row with the paper's ``HEAD`` row).
 EDGE_ROW_SUFFIX = " (edge forces)"
 
 
