@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
+import _common  # benchmarks/_common.py (this folder is on sys.path)
 import numpy as np
 
 
@@ -52,8 +52,6 @@ def main() -> None:
   parser.add_argument("--out", default="benchmarks/results/known_phase_basins.json")
   args = parser.parse_args()
 
-  import jax
-
   from crystal_search import metrics, relax
   from crystal_search.search import PRETRAINED_DIR
 
@@ -65,14 +63,8 @@ def main() -> None:
   settings = dict(potim=0.4, smass=2.0, fmax=0.05, smax=5.0, max_steps=args.max_steps)
   kinds = ["model"] + (["chgnet"] if args.teacher else [])
   report = {
-    "command": "python benchmarks/known_phase_basins.py "
-    + " ".join(f"--{k}={v}" for k, v in vars(args).items() if k != "out"),
-    "machine": {
-      "platform": platform.platform(),
-      "processor": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(),
-      "devices": [str(d) for d in jax.devices()],
-    },
+    "command": _common.command_line(),
+    "machine": _common.machine(),
     "model": os.path.join(PRETRAINED_DIR, "force_stress"),
     "settings": settings,
     "phases": {},
@@ -117,7 +109,7 @@ def main() -> None:
     "",
     f"`{report['command']}`",
     "",
-    f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs. "
+    f"Machine: {_common.describe(report['machine'])}. "
     f"Each phase's primitive cell, {args.copies} copies with {args.rattle} Å Gaussian "
     f"displacements and {args.strain:.0%} random strain (seed {args.seed}), relaxed with the "
     "teacher's settings; 'returned' = final structure matches the phase (StructureMatcher "

@@ -31,9 +31,9 @@ import argparse
 import glob
 import json
 import os
-import platform
 import time
 
+import _common  # benchmarks/_common.py (this folder is on sys.path)
 import numpy as np
 
 EXPERIMENTAL = "Li15Si4 (mp-569849)"
@@ -236,18 +236,12 @@ def experimental_energies() -> dict:
 
 
 def report(args) -> None:
-  import jax
 
   runs = [_run_report(d) for d in args.work_dir.split(",")]
   reference = experimental_energies()
   result = {
-    "command": "python benchmarks/li15si4_discovery.py --report "
-    f"--work_dir={args.work_dir} --out={args.out}",
-    "machine": {
-      "platform": platform.platform(),
-      "cpu_count": os.cpu_count(),
-      "devices": [str(d) for d in jax.devices()],
-    },
+    "command": _common.command_line(),
+    "machine": _common.machine(),
     "experimental_energy_per_atom": reference,
     "runs": runs,
   }
@@ -258,7 +252,7 @@ def report(args) -> None:
     "",
     f"`{result['command']}`",
     "",
-    f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} CPUs; the model "
+    f"Machine: {_common.describe(result['machine'])}; the model "
     "and the teacher ran side by side, one core each. Random Li15Si4 cells from "
     "`crystal_search.random_structures` (settings per row), relaxed through our relaxer with "
     "the teacher's settings (SMASS=2, POTIM=0.4, positions and cell, fmax 0.05 eV/Å, smax "

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import _common  # benchmarks/_common.py (this folder is on sys.path)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -147,15 +147,8 @@ def main() -> None:
   achieved = flops_xla * len(batches) * args.batch / seconds
 
   result = {
-    "machine": {
-      "platform": platform.platform(),
-      "processor": platform.processor(),
-      "cpu_count": os.cpu_count(),
-      "jax_version": jax.__version__,
-      "backend": jax.default_backend(),
-      "devices": [str(d) for d in jax.devices()],
-      "load_average_1min": os.getloadavg()[0],
-    },
+    "command": _common.command_line(),
+    "machine": _common.machine(),
     "workload": {
       "structures": len(structures),
       "compositions": sorted({s.composition.reduced_formula for s in structures}),

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 
+import _common  # benchmarks/_common.py (this folder is on sys.path)
 from absl import app, flags
 
 _NUM = flags.DEFINE_integer("num_structures", 64, "Random Li–Si cells relaxed by (a).")
@@ -262,28 +262,6 @@ def part_chgnet(structures) -> dict:
   }
 
 
-def _machine() -> dict:
-  import jax
-
-  info = {
-    "platform": platform.platform(),
-    "processor": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "python": platform.python_version(),
-    "jax": jax.__version__,
-    "jax_backend": jax.default_backend(),
-    "load_average_at_start": os.getloadavg(),
-    "blas_threads": "OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=1 in both parts",
-  }
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    info["cpu_model"] = names[0] if names else None
-  except OSError:
-    pass
-  return info
-
-
 def _load(path):
   from pymatgen.core import Structure
 
@@ -302,7 +280,8 @@ def main(argv) -> None:
   structures = make_structures(_NUM.value, _SEED.value)
   gen_s = time.perf_counter() - t0
   report: dict = {
-    "machine": _machine(),
+    "command": _common.command_line(),
+    "machine": _common.machine(blas_threads="OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=1 in both parts"),
     "structures": {
       "count": len(structures),
       "compositions": list(COMPOSITIONS),

@@ -14,23 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 
+import _common  # benchmarks/_common.py (this folder is on sys.path)
 import numpy as np
-
-
-def _machine() -> dict:
-  import jax
-
-  return {
-    "platform": platform.platform(),
-    "processor": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "jax": jax.__version__,
-    "devices": [str(d) for d in jax.devices()],
-  }
 
 
 def _model_info() -> dict:
@@ -137,7 +125,8 @@ def main() -> None:
   model_per = float(np.mean([r["wall_s_per_structure"] for r in runs]))
   teacher_per = float(np.mean([r["wall_s_per_structure"] for r in teacher]))
   summary = {
-    "machine": _machine(),
+    "command": _common.command_line(),
+    "machine": _common.machine(),
     "model_runs": runs,
     "teacher_runs": teacher,
     "chgnet_ase_fire": fire,
