@@ -209,3 +209,55 @@ def summarize_seeds(values: Sequence[float]) -> dict:
   if arr.size == 0:
     return {"mean": float("nan"), "std": float("nan"), "n": 0}
   return {"mean": float(np.mean(arr)), "std": float(np.std(arr)), "n": int(arr.size)}
+
+
+#: Volume scales ``V / V_ref`` of :func:`equation_of_state` (isotropic, fractional positions kept).
+EOS_SCALES = (0.92, 0.96, 1.0, 1.04, 1.08)
+
+
+def pressures(force_field, structures: Sequence[Structure]) -> np.ndarray:
+  """Pressure ``-tr(stress) / 3`` (kBar, compressive positive) of each structure, one batch."""
+  from crystal_search import crystals as crystals_lib
+
+  batch = crystals_lib.from_structures(list(structures))
+  out = force_field(batch)
+  while bool(np.any(np.asarray(out.overflow))):
+    force_field = force_field.grow()
+    out = force_field(batch)
+  stress = np.asarray(out.stress, np.float64)[: len(structures)]
+  return -np.trace(stress, axis1=1, axis2=2) / 3.0
+
+
+def equation_of_state(
+  force_field, structure: Structure, *, scales: Sequence[float] = EOS_SCALES
+) -> dict:
+  """Pressure against volume of ``structure`` scaled isotropically (atoms fixed in fractions).
+
+  Returns ``{'scales', 'pressure_kbar', 'bulk_modulus_gpa', 'zero_pressure_scale'}``: the bulk
+  modulus ``B = -dP/dlnV`` at scale 1 and the scale ``V/V_ref`` where the pressure vanishes, both
+  from a quadratic fit of ``P`` against ``ln V`` (``zero_pressure_scale`` None when the fit has no
+  root within the scanned range).  No relaxation of the positions: a cheap probe of the stress
+  head's response to volume (relaxed bulk moduli are lower).
+  """
+  scales = [float(s) for s in scales]
+  scaled = []
+  for s in scales:
+    copy = structure.copy()
+    copy.scale_lattice(structure.volume * s)
+    scaled.append(copy)
+  p = pressures(force_field, scaled)
+  x = np.log(np.asarray(scales))
+  c2, c1, c0 = np.polyfit(x, p, 2)
+  zero = None
+  roots = [r.real for r in np.roots([c2, c1, c0]) if abs(r.imag) < 1e-12] if c2 else []
+  if not c2 and c1:
+    roots = [-c0 / c1]
+  inside = [r for r in roots if x.min() <= r <= x.max()]
+  if inside:
+    zero = float(np.exp(min(inside, key=abs)))
+  return {
+    "scales": scales,
+    "pressure_kbar": [float(v) for v in p],
+    "bulk_modulus_gpa": float(-c1 / 10.0),  # kBar -> GPa
+    "zero_pressure_scale": zero,
+  }

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
   "generate-random": "data_tools.generate_random",
   "generate-teacher": "data_tools.generate_teacher",
   "build-dataset": "data_tools.build_dataset",
+  "build-strain-frames": "data_tools.build_strain_frames",
   "dataset-stats": "data_tools.dataset_stats",
 }
 

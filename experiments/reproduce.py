@@ -29,7 +29,10 @@ Rows (names as in :mod:`experiments.make_tables`):
 * ``pretrained_wide``: the shipped config at twice the width (``pretrained.py:wide``), a
   capacity check (``GNN (shipped config; width 64)``);
 * ``pretrained_plane``: the paper's node force head and plane stress head trained with the
-  shipped budget (``pretrained.py:plane``, ``GNN stress=plane (shipped budget)``).
+  shipped budget (``pretrained.py:plane``, ``GNN stress=plane (shipped budget)``);
+* ``pretrained_strain``: the shipped config on the dataset with strain frames
+  (``pretrained.py:strain``, ``GNN (shipped config; + strain frames)``; needs
+  ``crystal-search build-strain-frames`` first).
 
 Jobs whose training configs resolve to the same values share one run (at CPU scale
 ``GNN stress=virial`` is the ``GNN noise=0.01`` seed-0 run).  An evaluation is redone when the
@@ -67,6 +70,7 @@ ROWS = (
   "pretrained",
   "pretrained_wide",
   "pretrained_plane",
+  "pretrained_strain",
 )
 
 #: Row of the paper's node force head and plane stress head trained with the shipped budget.
@@ -209,6 +213,9 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
       out.append(_single("pretrained_wide", "pretrained.py:wide", row_name))
     elif row == "pretrained_plane":
       out.append(_single("pretrained_plane", "pretrained.py:plane", PLANE_SHIPPED_BUDGET_ROW))
+    elif row == "pretrained_strain":
+      row_name = "GNN (shipped config; + strain frames)"
+      out.append(_single("pretrained_strain", "pretrained.py:strain", row_name))
   for job in out:  # make_tables takes the row names as one comma-separated list
     for row in [ev.row for ev in job.evaluations] + [row for _, row in job.aliases]:
       if "," in row:

@@ -384,3 +384,61 @@ def test_build_dataset_cache_gives_identical_output(tmp_path, monkeypatch):
   # Different settings invalidate the cache.
   with pytest.raises(AssertionError, match="sampler called"):
     sampling.build_dataset(paths, out, config=sampling.SamplingConfig(stride=3))
+
+
+def test_strained_copies_are_seeded_and_keep_the_drawn_volume():
+  from crystal_search.datasets import strain
+
+  s = Structure(Lattice.cubic(5.0), ["Li", "Si"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+  config = strain.StrainConfig(copies=6, volume_range=(0.9, 1.1), shear_std=0.03, rattle=0.0)
+  a = strain.strained_copies(s, name="x", config=config)
+  b = strain.strained_copies(s, name="x", config=config)
+  c = strain.strained_copies(s, name="y", config=config)
+  assert len(a) == 6
+  assert all(np.allclose(p.lattice.matrix, q.lattice.matrix) for p, q in zip(a, b, strict=True))
+  assert not np.allclose(a[0].lattice.matrix, c[0].lattice.matrix)
+  ratios = np.array([p.volume / s.volume for p in a])
+  assert np.all((ratios >= 0.9 - 1e-9) & (ratios <= 1.1 + 1e-9)) and ratios.std() > 0.01
+  assert any(abs(p.lattice.alpha - 90) > 0.1 for p in a)  # sheared, not only scaled
+  with pytest.raises(InputError, match="volume_range"):
+    strain.StrainConfig(volume_range=(1.1, 0.9)).check()
+
+
+def test_strain_dataset_adds_labelled_frames_of_training_finals_only(tmp_path):
+  from crystal_search.datasets import strain
+
+  teacher_dir = tmp_path / "teacher"
+  paths = []
+  for i in range(12):
+    formula = "Li15Si4" if i % 4 == 0 else "LiSi"
+    t = _trajectory([1.0] * 12 + [0.05] * 3, name=f"{formula}_0_{i:05d}", formula=formula, seed=i)
+    p = str(teacher_dir / formula / f"{formula}_0_{i:05d}.npz")
+    t.save(p)
+    paths.append(p)
+  base = str(tmp_path / "dataset")
+  manifest = sampling.build_dataset(sorted(paths), base)
+  out = str(tmp_path / "strained")
+  config = strain.StrainConfig(copies=2)
+  ff = morse_force_field()
+  made = strain.build(paths, base, out, force_field=ff, config=config, shard_size=2)
+  n_train = manifest["per_stoichiometry"]["LiSi"]["trajectories_train"]
+  assert made["strain_frames"] == 2 * n_train
+  extra = frames_lib.load(os.path.join(out, "strain.npz"))
+  train_names = {
+    n.split("/")[0] for n in frames_lib.load(os.path.join(base, "train.npz")).trajectory_names
+  }
+  assert {n.split("/")[0] for n in extra.trajectory_names} == train_names
+  # The labels are the force field's own on those structures.
+  direct = ff(from_structures([extra.structure(0)]))
+  assert np.allclose(extra.stress[0], np.asarray(direct.stress)[0], atol=1e-4)
+  joined = frames_lib.load(os.path.join(out, "train.npz"))
+  assert len(joined) == made["base_train_frames"] + len(extra)
+  for split in ("val", "test", "holdout"):  # the other splits are the base dataset's
+    a = frames_lib.load(os.path.join(out, f"{split}.npz"))
+    b = frames_lib.load(os.path.join(base, f"{split}.npz"))
+    assert np.array_equal(a.positions, b.positions)
+  # A rerun without teacher files rebuilds from strain.npz; other settings are refused.
+  again = strain.build([], base, out, force_field=None, config=config)
+  assert again["strain_frames"] == made["strain_frames"]
+  with pytest.raises(InputError, match="other settings"):
+    strain.build([], base, out, force_field=None, config=strain.StrainConfig(copies=3))

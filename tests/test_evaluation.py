@@ -106,3 +106,20 @@ def test_figures_parity_matched_by_step_and_noise_sweep(teacher_trajectories, tm
   assert plots.noise_sweep(rows, tmp_path / "noise.png")
   assert not plots.noise_sweep({"MEAM": rows["GNN noise=0"]}, tmp_path / "none.png")
   assert not (tmp_path / "none.png").exists()
+
+
+def test_equation_of_state_of_a_pair_potential():
+  # Lennard-Jones fcc near its minimum: the pressure falls as the volume grows, vanishes between
+  # the scales where it changes sign, and the fitted bulk modulus agrees with a central difference.
+  from pymatgen.core import Lattice, Structure
+
+  ff = relax.make_force_field("lj")
+  sites = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+  fcc = Structure(Lattice.cubic(3.08), ["Li"] * 4, sites)
+  eos = evaluation.equation_of_state(ff, fcc, scales=(0.92, 0.96, 1.0, 1.04, 1.08))
+  p = np.asarray(eos["pressure_kbar"])
+  assert np.all(np.diff(p) < 0)
+  assert p[2] > 0 > p[3] and 1.0 < eos["zero_pressure_scale"] < 1.04
+  central = -(p[3] - p[1]) / (np.log(1.04) - np.log(0.96)) / 10.0  # GPa
+  assert eos["bulk_modulus_gpa"] == pytest.approx(central, rel=0.1)
+  assert evaluation.pressures(ff, [fcc])[0] == pytest.approx(p[2], rel=1e-5)

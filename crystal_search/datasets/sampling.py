@@ -135,7 +135,8 @@ def split_of(name: str, *, seed: int, fractions: Sequence[float] = (0.8, 0.1, 0.
   return SPLITS[-1]
 
 
-def _formula_of(frames: frames_lib.Frames) -> str:
+def formula_of(frames: frames_lib.Frames) -> str:
+  """Reduced formula of a relaxation file (its metadata's, else its first frame's)."""
   formula = frames.metadata.get("formula")
   if formula:
     return str(formula)
@@ -256,7 +257,7 @@ def build_dataset(
     iterator = tqdm(iterator, total=len(paths), desc="build", unit="file")
   for _path, frames in iterator:
     meta = frames.metadata
-    formula = _formula_of(frames) if len(frames) else str(meta.get("formula", "unknown"))
+    formula = formula_of(frames) if len(frames) else str(meta.get("formula", "unknown"))
     row = per[formula]
     row["relaxations"] += 1
     row["converged"] += int(bool(meta.get("converged")))
@@ -332,7 +333,7 @@ def build_md_dataset(
   per: dict[str, dict] = defaultdict(lambda: {"runs": 0, **{f"frames_{s}": 0 for s in SPLITS}})
   for path in paths:
     frames = frames_lib.load(path)
-    formula = _formula_of(frames)
+    formula = formula_of(frames)
     if formula in set(holdout) or len(frames) == 0:
       continue
     per[formula]["runs"] += 1
