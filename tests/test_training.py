@@ -244,6 +244,8 @@ def _config(name, arg=None):
     ("pretrained", None),
     ("pretrained_energy", None),
     ("pretrained", "wide"),
+    ("pretrained", "plane"),
+    ("pretrained", "strain"),
   ],
 )
 def test_every_experiment_config_is_valid(name, arg):
