@@ -65,7 +65,7 @@ def run_chunks(args) -> None:
   os.makedirs(os.path.join(out_dir, "hits"), exist_ok=True)
   _check_settings(out_dir, args)
   config = _random_config(args)
-  force_field = relax.make_force_field(args.force_field)
+  force_field = relax.make_force_field(args.force_field, model=args.model or None)
   energy_fn = search.load_force_field("model")[1] if args.force_field == "model" else None
   references = {EXPERIMENTAL: metrics.load_reference_phases()[EXPERIMENTAL]}
   for start in range(0, args.num, args.chunk):
@@ -159,6 +159,30 @@ def _summary(rows: list[dict]) -> dict:
     order = [index for _, index in sorted(energies)]
     out["experimental_energy_ranks"] = [order.index(row["index"]) + 1 for row in hits]
     out["ranked_by"] = key
+  if hits:
+    groups = sorted({row["start_space_group"] for row in hits})
+    out["hit_start_groups"] = {
+      str(g): {
+        "starts": sum(row["start_space_group"] == g for row in rows),
+        "hits": sum(row["start_space_group"] == g for row in hits),
+      }
+      for g in groups
+    }
+  return out
+
+
+def _hit_volumes(work_dir: str, kind: str) -> list[float]:
+  """Volume per atom (Å^3) of the saved hits, over the experimental cell's."""
+  from pymatgen.core import Structure
+
+  from crystal_search import metrics
+
+  ref = metrics.load_reference_phases()[EXPERIMENTAL]
+  per_atom = ref.volume / len(ref)
+  out = []
+  for path in sorted(glob.glob(os.path.join(work_dir, kind, "hits", "*.cif"))):
+    s = Structure.from_file(path)
+    out.append(round(s.volume / len(s) / per_atom, 4))
   return out
 
 
@@ -176,6 +200,8 @@ def _generator(args) -> dict:
 def _check_settings(out_dir: str, args) -> None:
   """Write ``settings.json`` into a new run; refuse to resume one made with other settings."""
   settings = {"generator": _generator(args), "relax": _settings(args)}
+  if args.model:  # absent for the shipped model, so runs made before the option still resume
+    settings["model"] = args.model
   path = os.path.join(out_dir, "settings.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -210,8 +236,8 @@ def _run_report(work_dir: str) -> dict:
   return {
     "work_dir": work_dir,
     "settings": settings,
-    "model": _summary(model),
-    "teacher": _summary(teacher),
+    "model": dict(_summary(model), hit_volume_ratios=_hit_volumes(work_dir, "model")),
+    "teacher": dict(_summary(teacher), hit_volume_ratios=_hit_volumes(work_dir, "chgnet")),
     "shared_starts": {
       "structures": len(shared),
       "model_experimental": sum(by_model[i]["experimental"] for i in shared),
@@ -273,7 +299,12 @@ def report(args) -> None:
   ]
   for run in runs:
     where = _describe(run["settings"]["generator"]) if run["settings"] else run["work_dir"]
-    for label, key in (("shipped model", "model"), ("CHGNet (teacher)", "teacher")):
+    model_label = (
+      f"model `{run['settings']['model']}`"
+      if "model" in (run["settings"] or {})
+      else ("shipped model")
+    )
+    for label, key in ((model_label, "model"), ("CHGNet (teacher)", "teacher")):
       x = run[key]
       if not x["relaxed"]:
         continue
@@ -286,21 +317,41 @@ def report(args) -> None:
       )
   lines.append("")
   for run in runs:
-    s, m = run["shared_starts"], run["model"]
-    if not run["settings"] or not s["structures"]:
+    s = run["shared_starts"]
+    if not run["settings"]:
       continue
-    lines.append(
-      f"- {_describe(run['settings']['generator'])}: on the {s['structures']} starts both "
-      f"relaxed, the teacher found it {s['teacher_experimental']} times and the model "
-      f"{s['model_experimental']} times; the model reproduced {s['model_reproduces_teacher']} "
-      f"of the teacher's {s['teacher_experimental']}."
-      + (
-        f" Model hits rank {m['experimental_energy_ranks']} of {m['relaxed'] - m['failed']} by "
-        f"the shipped energy model."
-        if "experimental_energy_ranks" in m
-        else ""
+    text = []
+    if s["structures"]:
+      text.append(
+        f"on the {s['structures']} starts both relaxed, the teacher found it "
+        f"{s['teacher_experimental']} times and the model {s['model_experimental']} times; the "
+        f"model reproduced {s['model_reproduces_teacher']} of the teacher's "
+        f"{s['teacher_experimental']}"
       )
-    )
+    for label, key in (("model", "model"), ("teacher", "teacher")):
+      x = run[key]
+      if not x.get("hit_start_groups"):
+        continue
+      groups = ", ".join(
+        f"{v['hits']} of the {v['starts']} starts in space group {g}"
+        for g, v in x["hit_start_groups"].items()
+      )
+      ratios = x.get("hit_volume_ratios") or []
+      text.append(
+        f"{label} hits: {groups}"
+        + (
+          f"; volume {min(ratios):.3f}–{max(ratios):.3f} × the experimental cell's"
+          if ratios
+          else ""
+        )
+        + (
+          f"; energy ranks {x['experimental_energy_ranks']} of {x['relaxed'] - x['failed']}"
+          if "experimental_energy_ranks" in x
+          else ""
+        )
+      )
+    if text:
+      lines.append(f"- {_describe(run['settings']['generator'])}: " + "; ".join(text) + ".")
   with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
@@ -310,6 +361,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--force_field", choices=["model", "chgnet"], default="model")
   parser.add_argument("--composition", default="Li15Si4")
+  parser.add_argument(
+    "--model", default="", help="force/stress model directory (default: the shipped model)"
+  )
   parser.add_argument("--num", type=int, default=1024, help="structures [0, num) of the seed")
   parser.add_argument("--chunk", type=int, default=32)
   parser.add_argument("--seed", type=int, default=0)
