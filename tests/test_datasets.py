@@ -83,8 +83,8 @@ def test_split_is_stable_and_close_to_fractions():
     sampling.split_of("x", seed=0, fractions=(0, 0, 0))
 
 
-def test_build_dataset_writes_all_sets(tmp_path):
-  teacher_dir = tmp_path / "teacher"
+def _teacher_files(teacher_dir) -> list[str]:
+  """12 synthetic relaxations (every 4th a held-out Li15Si4), 12 high-force steps + 3 low."""
   paths = []
   for i in range(12):
     formula = "Li15Si4" if i % 4 == 0 else "LiSi"
@@ -92,6 +92,12 @@ def test_build_dataset_writes_all_sets(tmp_path):
     p = str(teacher_dir / formula / f"{formula}_0_{i:05d}.npz")
     t.save(p)
     paths.append(p)
+  return paths
+
+
+def test_build_dataset_writes_all_sets(tmp_path):
+  teacher_dir = tmp_path / "teacher"
+  paths = _teacher_files(teacher_dir)
   bad = _trajectory([np.nan] * 3, name="LiSi_0_99999", failed=True)
   bad.save(str(teacher_dir / "LiSi" / "LiSi_0_99999.npz"))
   paths.append(str(teacher_dir / "LiSi" / "LiSi_0_99999.npz"))
@@ -407,14 +413,7 @@ def test_strained_copies_are_seeded_and_keep_the_drawn_volume():
 def test_strain_dataset_adds_labelled_frames_of_training_finals_only(tmp_path):
   from crystal_search.datasets import strain
 
-  teacher_dir = tmp_path / "teacher"
-  paths = []
-  for i in range(12):
-    formula = "Li15Si4" if i % 4 == 0 else "LiSi"
-    t = _trajectory([1.0] * 12 + [0.05] * 3, name=f"{formula}_0_{i:05d}", formula=formula, seed=i)
-    p = str(teacher_dir / formula / f"{formula}_0_{i:05d}.npz")
-    t.save(p)
-    paths.append(p)
+  paths = _teacher_files(tmp_path / "teacher")
   base = str(tmp_path / "dataset")
   manifest = sampling.build_dataset(sorted(paths), base)
   out = str(tmp_path / "strained")
