@@ -36,6 +36,15 @@ def test_data_version(dataset_dir: str) -> str:
   return dataset_version(dataset_dir, EVALUATION_FILES)
 
 
+def _evaluate(force_field, crystals):
+  """``(output, force_field)``: the force field grown until no structure overflows its capacity."""
+  out = force_field(crystals)
+  while bool(np.any(np.asarray(out.overflow))):
+    force_field = force_field.grow()
+    out = force_field(crystals)
+  return out, force_field
+
+
 def frame_errors(force_field, frames: Frames, *, batch_size: int = 32) -> dict:
   """Force MAE (eV/Å) and stress MAE (kBar) of ``force_field`` on ``frames``.
 
@@ -55,10 +64,7 @@ def frame_errors(force_field, frames: Frames, *, batch_size: int = 32) -> dict:
     for start in range(0, len(idx), batch_size):
       chunk = idx[start : start + batch_size]
       crystals, _, _ = frames.to_batch(chunk, max_atoms=int(size), batch_size=batch_size)
-      out = force_field(crystals)
-      while bool(np.any(np.asarray(out.overflow))):
-        force_field = force_field.grow()
-        out = force_field(crystals)
+      out, force_field = _evaluate(force_field, crystals)
       forces = np.asarray(out.forces, np.float64)
       stress = np.asarray(out.stress, np.float64)
       for k, i in enumerate(chunk):
@@ -219,11 +225,7 @@ def pressures(force_field, structures: Sequence[Structure]) -> np.ndarray:
   """Pressure ``-tr(stress) / 3`` (kBar, compressive positive) of each structure, one batch."""
   from crystal_search import crystals as crystals_lib
 
-  batch = crystals_lib.from_structures(list(structures))
-  out = force_field(batch)
-  while bool(np.any(np.asarray(out.overflow))):
-    force_field = force_field.grow()
-    out = force_field(batch)
+  out, _ = _evaluate(force_field, crystals_lib.from_structures(list(structures)))
   stress = np.asarray(out.stress, np.float64)[: len(structures)]
   return -np.trace(stress, axis1=1, axis2=2) / 3.0
 
@@ -248,13 +250,10 @@ def equation_of_state(
   p = pressures(force_field, scaled)
   x = np.log(np.asarray(scales))
   c2, c1, c0 = np.polyfit(x, p, 2)
-  zero = None
-  roots = [r.real for r in np.roots([c2, c1, c0]) if abs(r.imag) < 1e-12] if c2 else []
-  if not c2 and c1:
-    roots = [-c0 / c1]
+  # np.roots drops zero leading coefficients, so a straight-line fit gives its one root.
+  roots = [r.real for r in np.roots([c2, c1, c0]) if abs(r.imag) < 1e-12]
   inside = [r for r in roots if x.min() <= r <= x.max()]
-  if inside:
-    zero = float(np.exp(min(inside, key=abs)))
+  zero = float(np.exp(min(inside, key=abs))) if inside else None
   return {
     "scales": scales,
     "pressure_kbar": [float(v) for v in p],

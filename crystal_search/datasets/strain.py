@@ -199,9 +199,10 @@ def build(
     strain = frames_lib.concatenate(shards)
     strain.metadata = {"set": "strain", **settings, "relaxed_structures": len(finals)}
     strain.save(strain_path)
-  elif not os.path.exists(strain_path):
+  elif os.path.exists(strain_path):
+    strain = frames_lib.load(strain_path)
+  else:
     raise InputError(f"{strain_path}: no such file and no teacher files to make it from")
-  strain = frames_lib.load(strain_path)
   train = frames_lib.load(os.path.join(dataset_dir, "train.npz"))
   joined = frames_lib.concatenate([train, strain])
   joined.metadata = dict(train.metadata, strain=settings["strain"], strain_frames=len(strain))
