@@ -228,7 +228,7 @@ def _run_report(work_dir: str) -> dict:
   by_model = {r["index"]: r for r in model}
   teacher_hits = [r["index"] for r in teacher if r["index"] in shared and r["experimental"]]
   settings = {}
-  for kind in ("model", "chgnet"):
+  for kind in ("chgnet", "model"):  # the same generator; the model's settings name its model
     path = os.path.join(work_dir, kind, "settings.json")
     if os.path.exists(path):
       with open(path) as f:
@@ -259,6 +259,11 @@ def experimental_energies() -> dict:
     "model_energy_per_atom": round(float(search.load_force_field("model")[1]([ref])[0]), 4),
     "energy_per_atom": round(float(relaxed.energy) / len(relaxed.final), 4),
   }
+
+
+def _model_label(run: dict) -> str:
+  settings = run["settings"] or {}
+  return f"model `{settings['model']}`" if "model" in settings else "shipped model"
 
 
 def report(args) -> None:
@@ -292,6 +297,7 @@ def report(args) -> None:
     f"{reference['model_energy_per_atom']} eV/atom; by CHGNet for the teacher's: "
     f"{reference['energy_per_atom']} eV/atom). With none found in n tries, a 95 % upper bound "
     "on the chance per try is 3/n.",
+    *[f"\n{note}" for note in args.note],
     "",
     "| generator | relaxer | relaxed | converged | failed | experimental found | "
     "lowest E − E(exp.) (meV/atom) | s / structure |",
@@ -299,11 +305,7 @@ def report(args) -> None:
   ]
   for run in runs:
     where = _describe(run["settings"]["generator"]) if run["settings"] else run["work_dir"]
-    model_label = (
-      f"model `{run['settings']['model']}`"
-      if "model" in (run["settings"] or {})
-      else ("shipped model")
-    )
+    model_label = _model_label(run)
     for label, key in ((model_label, "model"), ("CHGNet (teacher)", "teacher")):
       x = run[key]
       if not x["relaxed"]:
@@ -351,7 +353,8 @@ def report(args) -> None:
         )
       )
     if text:
-      lines.append(f"- {_describe(run['settings']['generator'])}: " + "; ".join(text) + ".")
+      where = f"{_describe(run['settings']['generator'])}, {_model_label(run)}"
+      lines.append(f"- {where}: " + "; ".join(text) + ".")
   with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
@@ -377,6 +380,7 @@ def main() -> None:
     "--work_dir", default="runs/li15si4_discovery", help="with --report: a comma list"
   )
   parser.add_argument("--report", action="store_true")
+  parser.add_argument("--note", action="append", default=[], help="a paragraph for the report")
   parser.add_argument("--out", default="benchmarks/results/li15si4_discovery.json")
   args = parser.parse_args()
   if args.report:

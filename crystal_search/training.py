@@ -244,6 +244,19 @@ def too_thin(lattice: np.ndarray, *, cutoff: float, max_images: int) -> np.ndarr
   return need > max_images
 
 
+def _missing_split_hint(path: str) -> str:
+  """What to do about a dataset folder without its train/val split."""
+  manifest = os.path.join(path, "manifest.json")
+  if os.path.exists(os.path.join(path, "strain.npz")) and os.path.exists(manifest):
+    with open(manifest) as f:
+      base = os.path.normpath(os.path.join(path, json.load(f).get("base_dataset", "..")))
+    return (
+      "a strain-frame dataset: rebuild its train.npz from strain.npz in seconds with "
+      f"`crystal-search build-strain-frames --teacher= --dataset={base} --output={path}`"
+    )
+  return "the dataset needs train.npz and val.npz"
+
+
 def load_dataset(
   data_config: ml_collections.ConfigDict,
   *,
@@ -272,7 +285,7 @@ def load_dataset(
     file = os.path.join(path, f"{name}.npz")
     if not os.path.exists(file):
       if name in REQUIRED_SPLITS:
-        raise InputError(f"{file}: no such file (the dataset needs train.npz and val.npz)")
+        raise InputError(f"{file}: no such file ({_missing_split_hint(path)})")
       continue
     splits[name] = frames_lib.load(file)
   allowed = {Element(e).Z for e in elements}

