@@ -476,6 +476,33 @@ def check_composition(
     )
 
 
+def config_from(options) -> RandomStructureConfig:
+  """A :class:`RandomStructureConfig` from a flat mapping (an ml-collections config section).
+
+  Reads the keys it finds among ``max_atoms``, ``volume_low``/``volume_high`` (fractions of the
+  estimated volume), ``min_separation`` (Å), ``symmetric_fraction``, ``min_symmops``,
+  ``max_symmops``, ``formula_units`` (``"1,2"``), ``primitive_cells`` and ``max_attempts``;
+  absent keys keep the generator's defaults.  The one mapping from the search and teacher
+  configs onto the generator.
+  """
+  get = options.get
+  default = RandomStructureConfig()
+  return RandomStructureConfig(
+    max_atoms=int(get("max_atoms", default.max_atoms)),
+    volume_range=(
+      float(get("volume_low", default.volume_range[0])),
+      float(get("volume_high", default.volume_range[1])),
+    ),
+    min_separation=float(get("min_separation", default.min_separation)),
+    symmetric_fraction=float(get("symmetric_fraction", default.symmetric_fraction)),
+    min_symmops=int(get("min_symmops", default.min_symmops)),
+    max_symmops=int(get("max_symmops", default.max_symmops)),
+    formula_units=parse_formula_units(get("formula_units", "")),
+    primitive_cells=bool(get("primitive_cells", default.primitive_cells)),
+    max_attempts=int(get("max_attempts", default.max_attempts)),
+  )
+
+
 def parse_formula_units(text: str) -> tuple[int, ...]:
   """``"1,2"`` → ``(1, 2)``; ``""`` → ``()`` (every z); one-line :class:`~crystal_search.errors.InputError` otherwise."""
   out = []

@@ -63,14 +63,7 @@ def generator_config(c: ml_collections.ConfigDict):
   """The :class:`~crystal_search.random_structures.RandomStructureConfig` of search config ``c``."""
   from crystal_search import random_structures
 
-  return random_structures.RandomStructureConfig(
-    max_atoms=int(c.max_atoms),
-    formula_units=random_structures.parse_formula_units(c.formula_units),
-    symmetric_fraction=float(c.symmetric_fraction),
-    min_symmops=int(c.min_symmops),
-    max_symmops=int(c.max_symmops),
-    primitive_cells=bool(c.primitive_cells),
-  )
+  return random_structures.config_from(c)
 
 
 def validate_config(c: ml_collections.ConfigDict) -> None:

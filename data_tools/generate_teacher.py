@@ -47,20 +47,9 @@ def make_force_field(cfg):
 
 
 def random_config(cfg):
-  from crystal_search.random_structures import RandomStructureConfig, parse_formula_units
+  from crystal_search.random_structures import config_from
 
-  r = cfg.random
-  return RandomStructureConfig(
-    max_atoms=int(r.max_atoms),
-    volume_range=(float(r.volume_low), float(r.volume_high)),
-    min_separation=float(r.min_separation),
-    symmetric_fraction=float(r.symmetric_fraction),
-    min_symmops=int(r.get("min_symmops", 2)),
-    max_symmops=int(r.max_symmops),
-    formula_units=parse_formula_units(r.get("formula_units", "")),
-    primitive_cells=bool(r.get("primitive_cells", False)),
-    max_attempts=int(r.max_attempts),
-  )
+  return config_from(cfg.random)
 
 
 def main(argv: list[str]) -> None:

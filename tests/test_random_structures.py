@@ -228,3 +228,21 @@ def test_write_extxyz_and_cifs(tmp_path):
   files = rs.write_structures(result.structures, str(tmp_path / "cifs"), names=names)
   back = CifParser(files[1]).parse_structures(primitive=False)[0]
   assert back.composition == result.structures[1].composition
+
+
+def test_config_from_reads_the_search_and_teacher_config_sections():
+  from crystal_search import search
+  from crystal_search.random_structures import RandomStructureConfig, config_from
+  from data_tools.configs import default_teacher
+
+  c = search.get_search_config()
+  c.formula_units, c.min_symmops, c.max_symmops, c.primitive_cells = "2", 24, 24, True
+  got = search.generator_config(c)
+  assert (got.formula_units, got.min_symmops, got.max_symmops) == ((2,), 24, 24)
+  assert got.primitive_cells and got.volume_range == RandomStructureConfig().volume_range
+  teacher = default_teacher.get_config().random
+  teacher.volume_low, teacher.volume_high, teacher.max_attempts = 0.9, 1.2, 7
+  got = config_from(teacher)
+  assert got.volume_range == (0.9, 1.2) and got.max_attempts == 7
+  with pytest.raises(InputError, match="formula"):
+    config_from({"formula_units": "two"})
