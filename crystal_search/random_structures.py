@@ -476,6 +476,14 @@ def check_composition(
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _check_composition_once(
+  composition: Composition, config: RandomStructureConfig, volumes: tuple[tuple[str, float], ...]
+) -> None:
+  """:func:`check_composition` once per composition and settings (a refusal is not cached)."""
+  check_composition(composition, config, dict(volumes))
+
+
 def config_from(options) -> RandomStructureConfig:
   """A :class:`RandomStructureConfig` from a flat mapping (an ml-collections config section).
 
@@ -556,7 +564,7 @@ def random_structure(
   if isinstance(composition, str):
     composition = parse_composition(composition)
   volumes = dict(config.element_volumes) or default_element_volumes()
-  check_composition(composition, config, volumes)
+  _check_composition_once(composition, config, tuple(sorted(volumes.items())))
   name = formula_name(composition)
   rng = np.random.default_rng(
     np.random.SeedSequence([int(seed), int(index), zlib.crc32(name.encode())])
