@@ -454,3 +454,20 @@ def test_energy_baseline_trains_on_energies_per_atom(tiny_dataset, tmp_path):
   per_atom = frames.energy / frames.n_atoms
   np.testing.assert_allclose(variables["normalization"]["energy_mean"], per_atom.mean(), rtol=1e-4)
   assert "energy_mae" in metadata["test_metrics"]["test"]
+
+
+@pytest.mark.parametrize(
+  "kind,config_name", [("force_stress", "pretrained"), ("energy", "pretrained_energy")]
+)
+def test_shipped_models_come_from_their_committed_configs_and_data(kind, config_name):
+  """The package's models were trained by the config and on the dataset the docs name."""
+  from crystal_search.models import io as model_io
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  shipped = os.path.join(repo, "crystal_search", "pretrained", kind)
+  with open(os.path.join(shipped, "model.json")) as f:
+    metadata = json.load(f)["metadata"]
+  config = _config(config_name)
+  assert metadata["config_hash"] == training.config_hash(config)
+  assert metadata["training_config"]["data"]["path"] == config.data.path
+  assert model_io.load_model(shipped)[0] == kind
