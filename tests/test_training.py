@@ -243,6 +243,7 @@ def _config(name, arg=None):
     ("stress_heads", "global,edge,paper"),
     ("pretrained", None),
     ("pretrained_energy", None),
+    ("pretrained_energy", "strain"),
     ("pretrained", "wide"),
     ("pretrained", "no_strain"),
     ("pretrained", "plane"),
