@@ -52,3 +52,37 @@ def command_line(argv: list[str] | None = None) -> str:
   """The command that ran this script, as it can be pasted into a shell."""
   argv = sys.argv if argv is None else argv
   return " ".join(["python", *(shlex.quote(a) for a in argv)])
+
+
+def parse_models(text: str) -> dict[str, str | None]:
+  """``"shipped,eos=runs/x/model"`` -> ``{'shipped': None, 'eos': 'runs/x/model'}`` (None: the
+  model shipped in the package)."""
+  out: dict[str, str | None] = {}
+  for item in [t.strip() for t in text.split(",") if t.strip()]:
+    name, _, path = item.partition("=")
+    out[name] = path or None
+  return out
+
+
+def write_report(out: str, report: dict, lines: list[str]) -> None:
+  """``report`` as JSON at ``out`` and ``lines`` as markdown beside it (``.md``), then printed."""
+  import json
+
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(report, f, indent=2)
+  with open(os.path.splitext(out)[0] + ".md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+def run(main) -> None:
+  """Call a benchmark's ``main()``; bad input (:class:`InputError`) ends in one line on stderr
+  and exit code 1 instead of a traceback."""
+  from crystal_search.errors import InputError
+
+  try:
+    main()
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)

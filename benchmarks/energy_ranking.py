@@ -31,15 +31,6 @@ import numpy as np
 SETTINGS = dict(potim=0.4, smass=2.0, fmax=0.05, smax=5.0)
 
 
-def _models(text: str) -> dict[str, str | None]:
-  """``"shipped,strain=runs/x/model"`` -> ``{'shipped': None, 'strain': 'runs/x/model'}``."""
-  out = {}
-  for item in text.split(","):
-    name, _, path = item.partition("=")
-    out[name.strip()] = path.strip() or None
-  return out
-
-
 def relaxed_finals(args, composition: str) -> list[dict]:
   """Converged finals of ``composition`` (cached): structure dicts, with the teacher's eV/atom."""
   from crystal_search import random_structures, relax
@@ -98,7 +89,7 @@ def main() -> None:
   from crystal_search import search
   from crystal_search.force_fields import model as model_ff
 
-  models = _models(args.energy_models)
+  models = _common.parse_models(args.energy_models)
   energy_ffs = {
     name: model_ff.from_directory(path or os.path.join(search.PRETRAINED_DIR, "energy"))
     for name, path in models.items()
@@ -119,8 +110,6 @@ def main() -> None:
       for name, ff in energy_ffs.items()
     }
     print(composition, result["compositions"][composition], flush=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
   lines = [
     "# Energy models ranking relaxed random cells, against the teacher",
     "",
@@ -153,10 +142,8 @@ def main() -> None:
       f"{np.mean([s['offset_free_mae_mev'] for s in scores]):.1f} meV/atom, mean regret "
       f"{np.mean([s['regret_mev'] for s in scores]):.1f} meV/atom."
     )
-  with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  _common.write_report(args.out, result, lines)
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main)

@@ -17,20 +17,9 @@ the package).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import _common  # benchmarks/_common.py (this folder is on sys.path)
 import numpy as np
-
-
-def _models(text: str) -> dict[str, str | None]:
-  """``"shipped,eos=runs/x/model"`` -> ``{'shipped': None, 'eos': 'runs/x/model'}``."""
-  out: dict[str, str | None] = {}
-  for item in [t.strip() for t in text.split(",") if t.strip()]:
-    name, _, path = item.partition("=")
-    out[name] = path or None
-  return out
 
 
 def main() -> None:
@@ -46,9 +35,9 @@ def main() -> None:
   from crystal_search import evaluation, metrics, relax
 
   scales = [float(s) for s in args.scales.split(",")]
+  models = _common.parse_models(args.models)
   force_fields = {
-    f"model:{name}": relax.make_force_field("model", model=path)
-    for name, path in _models(args.models).items()
+    f"model:{name}": relax.make_force_field("model", model=path) for name, path in models.items()
   }
   if args.teacher:
     force_fields["chgnet"] = relax.make_force_field("chgnet")
@@ -62,7 +51,7 @@ def main() -> None:
   report = {
     "command": _common.command_line(),
     "machine": _common.machine(),
-    "models": _models(args.models),
+    "models": models,
     "scales": scales,
     "phases": {},
   }
@@ -90,9 +79,6 @@ def main() -> None:
         "pressure_mae_kbar": float(np.mean(dp)),
         "bulk_modulus_ratio_median": float(np.median(ratio)),
       }
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(report, f, indent=2)
 
   def zero(e):
     return "–" if e["zero_pressure_scale"] is None else f"{e['zero_pressure_scale']:.3f}"
@@ -127,10 +113,8 @@ def main() -> None:
       f"- {kind} vs CHGNet: pressure MAE {v['pressure_mae_kbar']:.1f} kBar over the scans; "
       f"median bulk-modulus ratio {v['bulk_modulus_ratio_median']:.2f}."
     )
-  with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  _common.write_report(args.out, report, lines)
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main)

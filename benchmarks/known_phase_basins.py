@@ -15,7 +15,6 @@ CHGNet (the teacher), and each final structure is compared with the phase
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -101,9 +100,6 @@ def main() -> None:
       }
       print(name, kind, entry[kind], flush=True)
     report["phases"][name] = entry
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(report, f, indent=2)
   lines = [
     "# Known phases: perturbed, relaxed, compared",
     "",
@@ -125,10 +121,8 @@ def main() -> None:
       f"{e[k]['returned']}/{e[k]['of']} · {e[k]['converged']} · {e[k]['failed']}" for k in kinds
     )
     lines.append(f"| {name} | {e['atoms']} | {e['starts_matching']}/{args.copies} | {cells} |")
-  with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  _common.write_report(args.out, report, lines)
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main)

@@ -276,8 +276,6 @@ def report(args) -> None:
     "experimental_energy_per_atom": reference,
     "runs": runs,
   }
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
   lines = [
     "# Held-out Li15Si4: is the experimental structure found by random search?",
     "",
@@ -355,9 +353,7 @@ def report(args) -> None:
     if text:
       where = f"{_describe(run['settings']['generator'])}, {_model_label(run)}"
       lines.append(f"- {where}: " + "; ".join(text) + ".")
-  with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  _common.write_report(args.out, result, lines)
 
 
 def main() -> None:
@@ -390,4 +386,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main)
