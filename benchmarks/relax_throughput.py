@@ -35,6 +35,8 @@ import time
 import _common  # benchmarks/_common.py (this folder is on sys.path)
 from absl import app, flags
 
+from crystal_search.errors import InputError
+
 _NUM = flags.DEFINE_integer("num_structures", 64, "Random Li–Si cells relaxed by (a).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random structures and untrained weights.")
 _MODEL = flags.DEFINE_string("model", None, "Trained force/stress model directory.")
@@ -276,6 +278,8 @@ def main(argv) -> None:
     out = part_ours(structures) if _PART.value == "ours" else part_chgnet(structures)
     print("RESULT " + json.dumps(out, default=float))
     return
+  if _MODEL.value and not os.path.exists(os.path.join(_MODEL.value, "model.json")):
+    raise InputError(f"--model {_MODEL.value}: no model.json there (a trained model directory)")
   t0 = time.perf_counter()
   structures = make_structures(_NUM.value, _SEED.value)
   gen_s = time.perf_counter() - t0
@@ -346,4 +350,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(lambda argv: _common.run(lambda: main(argv)))

@@ -164,4 +164,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main)

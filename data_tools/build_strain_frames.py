@@ -34,6 +34,18 @@ flags.DEFINE_float("shear_std", 0.02, "Std of the traceless strain components.")
 flags.DEFINE_float("rattle", 0.02, "Std of the displacements (Å).")
 flags.DEFINE_integer("seed", 0, "Seed of the strains.")
 flags.DEFINE_string("teacher_name", "chgnet", "Force field that labels the frames.")
+flags.DEFINE_enum(
+  "source",
+  "finals",
+  list(strain.SOURCES),
+  "finals: the last structure of every training trajectory (needs --teacher); frames: every "
+  "frame of the --dataset's train.npz (--teacher is not read; --label=false joins "
+  "an existing strain.npz).",
+)
+flags.DEFINE_integer("max_sources", 0, "With --source=frames: a seeded subset of so many frames.")
+flags.DEFINE_bool("label", True, "With --source=frames: label missing shards with the teacher.")
+flags.DEFINE_integer("worker", 0, "This process's index among --workers sharing the shards.")
+flags.DEFINE_integer("workers", 1, "Processes sharing the labelling (one core each).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -43,7 +55,7 @@ def main(argv: list[str]) -> None:
   from crystal_search import relax
 
   paths = []
-  if FLAGS.teacher:
+  if FLAGS.teacher and FLAGS.source == "finals":
     if not os.path.isdir(FLAGS.teacher):
       raise InputError(f"--teacher {FLAGS.teacher}: no such folder")
     paths = sorted(glob.glob(os.path.join(FLAGS.teacher, "*", "*.npz")))
@@ -57,16 +69,23 @@ def main(argv: list[str]) -> None:
     seed=FLAGS.seed,
   )
   config.check()
-  force_field = relax.make_force_field(FLAGS.teacher_name) if paths else None
+  labelling = bool(paths) if FLAGS.source == "finals" else FLAGS.label
+  force_field = relax.make_force_field(FLAGS.teacher_name) if labelling else None
   manifest = strain.build(
     paths,
     FLAGS.dataset,
     FLAGS.output,
     force_field=force_field,
     config=config,
+    source=FLAGS.source,
+    max_sources=FLAGS.max_sources,
+    worker=(FLAGS.worker, FLAGS.workers),
     progress=FLAGS.progress,
     log=print,
   )
+  if "missing_shards" in manifest:
+    print(f"{manifest['missing_shards']} shards left to other workers; rerun when they finish")
+    return
   print(
     f"{manifest['base_train_frames']} training frames + {manifest['strain_frames']} strain "
     f"frames -> {FLAGS.output}/train.npz"

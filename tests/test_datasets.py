@@ -410,6 +410,45 @@ def test_strained_copies_are_seeded_and_keep_the_drawn_volume():
     strain.StrainConfig(volume_range=(1.1, 0.9)).check()
 
 
+def test_frame_source_labels_copies_of_every_training_frame_across_workers(tmp_path):
+  from crystal_search.datasets import strain
+
+  paths = _teacher_files(tmp_path / "teacher")
+  base = str(tmp_path / "dataset")
+  sampling.build_dataset(sorted(paths), base)
+  train = frames_lib.load(os.path.join(base, "train.npz"))
+  out = str(tmp_path / "rattled")
+  config = strain.StrainConfig(copies=1, volume_range=(0.95, 1.05), rattle=0.05)
+  ff = morse_force_field()
+  kw = dict(force_field=ff, config=config, source="frames", shard_size=2)
+  # Worker 1 of 2 labels its shards only and does not join while worker 0's are missing.
+  first = strain.build([], base, out, worker=(1, 2), **kw)
+  n_shards = -(-len(train) // 2)
+  assert first == {"missing_shards": (n_shards + 1) // 2}  # worker 0's: shards 0, 2, ...
+  assert not os.path.exists(os.path.join(out, "train.npz"))
+  made = strain.build([], base, out, worker=(0, 2), **kw)
+  extra = frames_lib.load(os.path.join(out, "strain.npz"))
+  assert made["strain_frames"] == len(extra) == len(train)
+  assert made["source"] == {"kind": "frames", "max_sources": 0}
+  # Copy k is frame k moved (names follow the source frame) and labelled by the teacher.
+  name = f"{train.trajectory_names[train.trajectory[3]]}/step_{train.step[3]}/strain_0"
+  assert extra.trajectory_names[extra.trajectory[3]] == name
+  moved = np.abs(extra.structure(3).cart_coords - train.structure(3).cart_coords)
+  assert 0.0 < moved.mean() < 0.3
+  direct = ff(from_structures([extra.structure(3)]))
+  assert np.allclose(
+    extra.forces[extra.atom_slice(3)], np.asarray(direct.forces)[0, : len(moved)], atol=1e-4
+  )
+  assert len(frames_lib.load(os.path.join(out, "train.npz"))) == 2 * len(train)
+  # A seeded subset; an unknown source or worker index is one line.
+  sub = strain.build([], base, str(tmp_path / "sub"), max_sources=3, **kw)
+  assert sub["strain_frames"] == 3
+  with pytest.raises(InputError, match="source"):
+    strain.build([], base, out, force_field=ff, config=config, source="nope")
+  with pytest.raises(InputError, match="worker"):
+    strain.build([], base, out, worker=(2, 2), **kw)
+
+
 def test_strain_dataset_adds_labelled_frames_of_training_finals_only(tmp_path):
   from crystal_search.datasets import strain
 

@@ -24,7 +24,6 @@ base dataset's other splits linked unchanged (so test metrics stay comparable).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -40,6 +39,9 @@ from crystal_search.errors import InputError
 
 #: Dataset files linked unchanged from the base dataset.
 LINKED_SPLITS = ("val", "test", "test_trajectories", "holdout", "holdout_trajectories")
+#: What is copied: ``finals`` the last structure of every training trajectory (needs the teacher
+#: files), ``frames`` every frame of the base dataset's ``train.npz`` (or a seeded subset).
+SOURCES = ("finals", "frames")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +112,22 @@ def training_finals(teacher_paths: Sequence[str], manifest: dict) -> list[tuple[
   return out
 
 
+def training_frames(
+  train: frames_lib.Frames, *, max_sources: int = 0, seed: int = 0
+) -> list[tuple[str, Structure]]:
+  """``(name, structure)`` of the frames of a training set: all of them, or a seeded subset of
+  ``max_sources`` (in file order); names are ``TRAJECTORY/step_STEP``."""
+  index = np.arange(len(train))
+  if 0 < max_sources < len(train):
+    index = np.sort(np.random.default_rng(seed).choice(len(train), max_sources, replace=False))
+  names = train.trajectory_names
+  out = []
+  for i in index:
+    t = int(train.trajectory[i])
+    out.append((f"{names[t] if names else t}/step_{int(train.step[i])}", train.structure(int(i))))
+  return out
+
+
 def label(
   structures: Sequence[Structure], names: Sequence[str], force_field, *, batch_size: int = 16
 ) -> frames_lib.Frames:
@@ -147,17 +165,31 @@ def build(
   *,
   force_field,
   config: StrainConfig = StrainConfig(),
+  source: str = "finals",
+  max_sources: int = 0,
+  worker: tuple[int, int] = (0, 1),
   shard_size: int = 64,
   progress: bool = False,
   log: Callable[[str], None] | None = None,
 ) -> dict:
-  """Label strained copies of the training finals and write the augmented dataset folder.
+  """Label strained copies of the training finals (or frames) and write the dataset folder.
 
-  Shards of ``shard_size`` relaxed structures go to ``OUTPUT/shards/`` and a rerun skips the
-  finished ones; when every shard exists the teacher files are not needed (``strain.npz`` is
-  rebuilt from the shards, or read as it is when the shards are gone).  Returns the manifest.
+  ``source="finals"`` copies the last structure of every training trajectory among
+  ``teacher_paths``; ``source="frames"`` copies every frame of ``DATASET/train.npz`` (a seeded
+  subset of ``max_sources`` when > 0; no teacher files needed, only ``force_field``): teacher
+  labels off the relaxation paths, around the frames the paper samples.  Shards of
+  ``shard_size`` sources go to ``OUTPUT/shards/`` and a rerun skips the finished ones;
+  ``worker=(k, n)`` makes only the shards ``k, k + n, ...`` so that ``n`` processes can share
+  the labelling (each returns ``{"missing_shards": ...}`` until all are there; the last one to
+  finish joins them).  When nothing is to be labelled (no teacher files for ``finals``, no
+  ``force_field`` for ``frames``) ``strain.npz`` is read as it is.  Returns the manifest.
   """
   config.check()
+  if source not in SOURCES:
+    raise InputError(f"source {source!r}: must be one of {SOURCES}")
+  k, n = worker
+  if not 0 <= k < n:
+    raise InputError(f"worker {k} of {n}: need 0 <= worker < workers")
   manifest_path = os.path.join(dataset_dir, "manifest.json")
   if not os.path.exists(manifest_path):
     raise InputError(f"{manifest_path}: no such file (build the base dataset first)")
@@ -165,6 +197,8 @@ def build(
     base = json.load(f)
   os.makedirs(os.path.join(output_dir, "shards"), exist_ok=True)
   settings = {"strain": dataclasses.asdict(config), "protocol": base["protocol"]}
+  if source != "finals":  # finals: the settings of the folders made before sources existed
+    settings["source"] = {"kind": source, "max_sources": max_sources}
   settings_path = os.path.join(output_dir, "settings.json")
   if os.path.exists(settings_path):
     with open(settings_path) as f:
@@ -174,37 +208,54 @@ def build(
     with open(settings_path, "w") as f:
       json.dump(settings, f, indent=1)
   strain_path = os.path.join(output_dir, "strain.npz")
-  if teacher_paths:
-    finals = training_finals(teacher_paths, base)
-    if not finals:
+  train_path = os.path.join(dataset_dir, "train.npz")
+  if not os.path.exists(train_path):
+    raise InputError(f"{train_path}: no such file (build the base dataset first)")
+  train = frames_lib.load(train_path)
+  sources = None
+  if source == "finals" and teacher_paths:
+    sources = training_finals(teacher_paths, base)
+    if not sources:
       raise InputError("no training trajectories among the teacher files")
-    starts = range(0, len(finals), shard_size)
-    iterator = starts
+  elif source == "frames" and force_field is not None:
+    sources = training_frames(train, max_sources=max_sources, seed=config.seed)
+  if sources is not None:
+    paths = {
+      start: os.path.join(output_dir, "shards", f"strain_{start:05d}.npz")
+      for start in range(0, len(sources), shard_size)
+    }
+    mine = [start for i, start in enumerate(paths) if i % n == k]
+    iterator = mine
     if progress:
       from tqdm import tqdm
 
-      iterator = tqdm(starts, desc="strain", unit="shard")
+      iterator = tqdm(mine, desc="strain", unit="shard")
     for start in iterator:
-      path = os.path.join(output_dir, "shards", f"strain_{start:05d}.npz")
-      if os.path.exists(path):
+      if os.path.exists(paths[start]):
         continue
       structures, names = [], []
-      for name, s in finals[start : start + shard_size]:
-        for k, copy in enumerate(strained_copies(s, name=name, config=config)):
+      for name, s in sources[start : start + shard_size]:
+        for c, copy in enumerate(strained_copies(s, name=name, config=config)):
           structures.append(copy)
-          names.append(f"{name}/strain_{k}")
-      label(structures, names, force_field).save(path)
+          names.append(f"{name}/strain_{c}")
+      tmp = paths[start][: -len(".npz")] + f".part{k}.npz"
+      label(structures, names, force_field).save(tmp)
+      os.replace(tmp, paths[start])  # a killed worker leaves no half-written shard
       if log is not None:
-        log(f"{path}: {len(structures)} frames")
-    shards = [frames_lib.load(p) for p in sorted(glob.glob(f"{output_dir}/shards/strain_*.npz"))]
-    strain = frames_lib.concatenate(shards)
-    strain.metadata = {"set": "strain", **settings, "relaxed_structures": len(finals)}
+        log(f"{paths[start]}: {len(structures)} frames")
+    missing = [p for p in paths.values() if not os.path.exists(p)]
+    if missing:
+      if log is not None:
+        log(f"{len(missing)} of {len(paths)} shards still missing (other workers): not joined")
+      return {"missing_shards": len(missing)}
+    strain = frames_lib.concatenate([frames_lib.load(paths[start]) for start in sorted(paths)])
+    count_key = "relaxed_structures" if source == "finals" else "source_frames"
+    strain.metadata = {"set": "strain", **settings, count_key: len(sources)}
     strain.save(strain_path)
   elif os.path.exists(strain_path):
     strain = frames_lib.load(strain_path)
   else:
-    raise InputError(f"{strain_path}: no such file and no teacher files to make it from")
-  train = frames_lib.load(os.path.join(dataset_dir, "train.npz"))
+    raise InputError(f"{strain_path}: no such file and no teacher to make it with")
   joined = frames_lib.concatenate([train, strain])
   joined.metadata = dict(train.metadata, strain=settings["strain"], strain_frames=len(strain))
   joined.save(os.path.join(output_dir, "train.npz"))
@@ -230,6 +281,8 @@ def build(
     "strain_frames": len(strain),
     "files": files,
   }
+  if "source" in settings:
+    manifest["source"] = settings["source"]
   with open(os.path.join(output_dir, "manifest.json"), "w") as f:
     json.dump(manifest, f, indent=2)
   return manifest
