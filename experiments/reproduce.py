@@ -73,8 +73,16 @@ ROWS = (
   "pretrained_no_strain",
   "pretrained_wide",
   "pretrained_heads",
+  "pretrained_rattle",
 )
 
+#: Rows of ``pretrained.py:rattle|rattle_small`` (the shipped config with displaced copies), and
+#: the seeds (of ``--seeds``) each is trained with.
+RATTLE_ROWS = {
+  "rattle": "GNN (shipped config; displaced copies 0.05 Å)",
+  "rattle_small": "GNN (shipped config; displaced copies 0.02 Å)",
+}
+RATTLE_SEEDS = ("0", "1")
 #: Suffix of the rows of the paper's stress heads trained with the shipped budget.
 SHIPPED_BUDGET_SUFFIX = " (shipped budget)"
 
@@ -111,8 +119,9 @@ class Job:
   evaluations: tuple[Evaluation, ...]
   #: Further row names for an evaluation of this job: ``(subdir, row)``.
   aliases: tuple[tuple[str, str], ...] = ()
-  #: ``(file, module, *flags)``: run ``python -m module flags`` first when ``file`` is missing.
-  prepare: tuple[str, ...] = ()
+  #: Steps ``(file, module, *flags)``, in order: run ``python -m module flags`` first when
+  #: ``file`` is missing.
+  prepare: tuple[tuple[str, ...], ...] = ()
 
 
 def _single(workdir: str, config: str, row: str) -> Job:
@@ -211,18 +220,19 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
       flags_ = ("--force_field=meam", f"--dataset={data.DEFAULT_PATH}")
       out.append(Job("meam", None, (Evaluation("MEAM", "eval", flags_),)))
     elif row == "pretrained":
-      # The strain dataset's train.npz is not committed: joined from strain.npz in seconds.
-      strain_data = pretrained.STRAIN_DATA
-      join = (
-        os.path.join(strain_data, "train.npz"),
-        "data_tools.build_strain_frames",
-        "--teacher=",
-        f"--dataset={data.DEFAULT_PATH}",
-        f"--output={strain_data}",
-        "--noprogress",
-      )
       job = _single("pretrained", "pretrained.py", "GNN (shipped)")
-      out.append(dataclasses.replace(job, prepare=join))
+      out.append(dataclasses.replace(job, prepare=(_join_strain_frames(),)))
+    elif row == "pretrained_rattle":
+      for variant in pretrained.RATTLE_DATA:
+        prepare = (_join_strain_frames(), _rattle_frames(variant))
+        for seed in sorted(seeds):
+          if seed not in RATTLE_SEEDS:
+            continue
+          workdir = f"pretrained_{variant}" + (f"_seed_{seed}" if seed != "0" else "")
+          config = f"experiments/configs/pretrained.py:{variant}"
+          if seed != "0":
+            config += f",{seed}"
+          out.append(Job(workdir, config, (Evaluation(RATTLE_ROWS[variant]),), prepare=prepare))
     elif row == "pretrained_no_strain":
       row_name = "GNN (shipped config; no strain frames)"
       out.append(_single("pretrained_no_strain", "pretrained.py:no_strain", row_name))
@@ -239,6 +249,37 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
       if "," in row:
         raise ValueError(f"row name {row!r} holds a comma")
   return merge_identical(out)
+
+
+def _join_strain_frames() -> tuple[str, ...]:
+  """The strain dataset's ``train.npz`` (not committed), joined from ``strain.npz`` in seconds."""
+  from experiments.configs import data
+
+  strain_data = pretrained.STRAIN_DATA
+  return (
+    os.path.join(strain_data, "train.npz"),
+    "data_tools.build_strain_frames",
+    "--teacher=",
+    f"--dataset={data.DEFAULT_PATH}",
+    f"--output={strain_data}",
+    "--noprogress",
+  )
+
+
+def _rattle_frames(variant: str) -> tuple[str, ...]:
+  """``pretrained.py:VARIANT``'s dataset: joined from its ``strain.npz`` when there, else the
+  displaced copies are labelled by the teacher (~13,500 CHGNet calls, ~40 min on one core)."""
+  output = pretrained.RATTLE_DATA[variant]
+  settings = [f"--{k}={v}" for k, v in pretrained.RATTLE_SETTINGS[variant].items()]
+  return (
+    os.path.join(output, "train.npz"),
+    "data_tools.build_strain_frames",
+    "--source=frames",
+    f"--dataset={pretrained.STRAIN_DATA}",
+    f"--output={output}",
+    *settings,
+    "--noprogress",
+  )
 
 
 def _run(cmd: list[str]) -> None:
@@ -299,8 +340,9 @@ def main(argv: list[str]) -> None:
       names.append(row)
     if _TABLES_ONLY.value:
       continue
-    if job.prepare and not os.path.exists(job.prepare[0]):
-      _run([python, "-m", *job.prepare[1:]])
+    for step in job.prepare:
+      if not os.path.exists(step[0]):
+        _run([python, "-m", *step[1:]])
     if job.config is not None:
       _run(
         [python, "-m", "experiments.train", f"--config={job.config}", f"--workdir={workdir}"]

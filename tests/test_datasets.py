@@ -440,6 +440,12 @@ def test_frame_source_labels_copies_of_every_training_frame_across_workers(tmp_p
     extra.forces[extra.atom_slice(3)], np.asarray(direct.forces)[0, : len(moved)], atol=1e-4
   )
   assert len(frames_lib.load(os.path.join(out, "train.npz"))) == 2 * len(train)
+
+  def no_teacher(batch):
+    raise AssertionError("relabelled although strain.npz is there")
+
+  again = strain.build([], base, out, **dict(kw, force_field=no_teacher))
+  assert again["strain_frames"] == len(train)
   # A seeded subset; an unknown source or worker index is one line.
   sub = strain.build([], base, str(tmp_path / "sub"), max_sources=3, **kw)
   assert sub["strain_frames"] == 3

@@ -70,8 +70,21 @@ def test_reproduce_lists_every_row_of_the_paper():
   assert len({job.workdir for job in jobs}) == len(jobs)
   # The shipped config trains on the strain dataset, whose train.npz is joined first if missing.
   (shipped,) = [job for job in jobs if job.workdir == "pretrained"]
-  assert shipped.prepare[0].endswith("dataset_strain/train.npz")
-  assert shipped.prepare[1] == "data_tools.build_strain_frames" and "--teacher=" in shipped.prepare
+  ((target, module, *flags),) = shipped.prepare
+  assert target.endswith("dataset_strain/train.npz")
+  assert module == "data_tools.build_strain_frames" and "--teacher=" in flags
+  # The displaced-copy rows first join that, then make their own dataset from it.
+  (rattle,) = [job for job in jobs if job.workdir == "pretrained_rattle"]
+  assert rattle.prepare[0] == shipped.prepare[0]
+  target, module, *flags = rattle.prepare[1]
+  assert target.endswith("dataset_rattle/train.npz") and "--source=frames" in flags
+  assert "--dataset=data/dataset_strain" in flags and "--rattle=0.05" in flags
+  names = ("pretrained_rattle", "pretrained_rattle_seed_1")
+  seeds = {job.config for job in jobs if job.workdir in names}
+  assert seeds == {
+    "experiments/configs/pretrained.py:rattle",
+    "experiments/configs/pretrained.py:rattle,1",
+  }
   assert {f"GNN stress={h} (shipped budget)" for h in ("plane", "corner", "global")} <= set(rows)
   with pytest.raises(Exception, match="unknown row"):
     reproduce.jobs(["tabel1"], "cpu", {"0"})

@@ -181,8 +181,8 @@ def build(
   ``shard_size`` sources go to ``OUTPUT/shards/`` and a rerun skips the finished ones;
   ``worker=(k, n)`` makes only the shards ``k, k + n, ...`` so that ``n`` processes can share
   the labelling (each returns ``{"missing_shards": ...}`` until all are there; the last one to
-  finish joins them).  When nothing is to be labelled (no teacher files for ``finals``, no
-  ``force_field`` for ``frames``) ``strain.npz`` is read as it is.  Returns the manifest.
+  finish joins them).  An existing ``strain.npz`` (made with the same settings) is joined as
+  it is, without labelling.  Returns the manifest.
   """
   config.check()
   if source not in SOURCES:
@@ -213,7 +213,9 @@ def build(
     raise InputError(f"{train_path}: no such file (build the base dataset first)")
   train = frames_lib.load(train_path)
   sources = None
-  if source == "finals" and teacher_paths:
+  if os.path.exists(strain_path):
+    pass  # made with these settings (checked above): joined as it is, nothing relabelled
+  elif source == "finals" and teacher_paths:
     sources = training_finals(teacher_paths, base)
     if not sources:
       raise InputError("no training trajectories among the teacher files")

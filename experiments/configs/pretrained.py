@@ -21,10 +21,10 @@ The variants (none shipped) train on the paper's sampling alone (``data/dataset`
 * ``pretrained.py:wide``: ``no_strain`` at twice the width (``WIDE``: blocks of width 64, heads
   64-32), a capacity check, about 150 s an epoch on one core (row
   ``GNN (shipped config; width 64)``);
-* ``pretrained.py:rattle``: the shipped config on ``data/dataset_rattle`` (``RATTLE_DATA``): the
-  shipped training frames plus one teacher-labelled copy of each, moved off the relaxation path
-  (volume 0.95–1.05, shear 0.02, 0.05 Å displacements; ``build-strain-frames --source=frames``),
-  for ``RATTLE_EPOCHS`` epochs halved every ``RATTLE_HALVING_EPOCHS``: twice the frames for
+* ``pretrained.py:rattle|rattle_small``: the shipped config on ``data/dataset_rattle[_small]``
+  (``RATTLE_DATA``): the shipped training frames plus one teacher-labelled copy of each, moved
+  off the relaxation path (volume 0.95–1.05, shear 0.02, 0.05 Å displacements; small: 0.97–1.03,
+  0.01, 0.02 Å; ``build-strain-frames --source=frames``), for ``RATTLE_EPOCHS`` epochs halved every ``RATTLE_HALVING_EPOCHS``: twice the frames for
   about the shipped number of optimiser steps (~180 s an epoch on one core);
 * ``pretrained.py:plane|corner|global``: the paper's force and stress heads (per-atom node force
   head, the Table 5 stress head, vector edge inputs: ``stress_heads.py:HEAD``) on the shipped
@@ -40,29 +40,55 @@ HALVING_EPOCHS = 15
 WIDE = {"width": 64, "head_widths": (64, 32)}
 #: The dataset with the strain frames (``crystal-search build-strain-frames``).
 STRAIN_DATA = "data/dataset_strain"
-#: The shipped frames plus a teacher-labelled displaced copy of each (``rattle``).
-RATTLE_DATA = "data/dataset_rattle"
+#: The shipped frames plus a teacher-labelled displaced copy of each, by variant: ``rattle``
+#: (0.05 Å, volume 0.95–1.05, shear 0.02), ``rattle_small`` (0.02 Å, 0.97–1.03, 0.01).
+RATTLE_DATA = {"rattle": "data/dataset_rattle", "rattle_small": "data/dataset_rattle_small"}
+#: ``build-strain-frames --source=frames`` flags that made each (``--dataset=data/dataset_strain``).
+RATTLE_SETTINGS = {
+  "rattle": {
+    "copies": 1,
+    "volume_low": 0.95,
+    "volume_high": 1.05,
+    "shear_std": 0.02,
+    "rattle": 0.05,
+  },
+  "rattle_small": {
+    "copies": 1,
+    "volume_low": 0.97,
+    "volume_high": 1.03,
+    "shear_std": 0.01,
+    "rattle": 0.02,
+  },
+}
 RATTLE_EPOCHS = 24
 RATTLE_HALVING_EPOCHS = 8
 #: The paper's stress heads, trained with the shipped budget on ``data/dataset``.
 PAPER_HEADS = ("plane", "corner", "global")
-VARIANTS = ("no_strain", "wide", "rattle", *PAPER_HEADS)
+VARIANTS = ("no_strain", "wide", *RATTLE_DATA, *PAPER_HEADS)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "", *VARIANTS):
-    raise ValueError(f"pretrained.py takes no argument or one of {VARIANTS}, got {arg!r}")
+  """``arg``: empty (the shipped config), ``VARIANT`` or ``VARIANT,SEED`` (VARIANT in
+  ``VARIANTS``; SEED an integer, default 0)."""
+  arg, _, seed = (arg or "").partition(",")
+  if arg not in ("", *VARIANTS) or (seed and not seed.isdigit()):
+    raise ValueError(
+      f"pretrained.py takes no argument, VARIANT or VARIANT,SEED (VARIANT one of {VARIANTS}), "
+      f"got {arg + (',' + seed if seed else '')!r}"
+    )
   c = stress_heads.get_config(f"{arg},cpu") if arg in PAPER_HEADS else default.base_config("cpu")
   c.data.max_train_frames = 0
   c.num_epochs = EPOCHS
   c.lr_halving_epochs = HALVING_EPOCHS
   c.patience = HALVING_EPOCHS
   c.data.path = data.DEFAULT_PATH if arg else STRAIN_DATA
-  if arg == "rattle":
-    c.data.path = RATTLE_DATA
+  if arg in RATTLE_DATA:
+    c.data.path = RATTLE_DATA[arg]
     c.num_epochs = RATTLE_EPOCHS
     c.lr_halving_epochs = c.patience = RATTLE_HALVING_EPOCHS
   if arg == "wide":
     for key, value in WIDE.items():
       c.model[key] = value
+  if seed:
+    c.seed = int(seed)
   return c
