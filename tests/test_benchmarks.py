@@ -29,3 +29,40 @@ def test_missing_model_directory_is_one_line(script, flag, tmp_path):
   lines = [x for x in done.stderr.splitlines() if x.strip() and "Warning" not in x]
   assert len(lines) == 1 and lines[0].startswith("error: ") and "/nonexistent/model" in lines[0]
   assert "Traceback" not in done.stderr and not os.path.exists(out)
+
+
+def _benchmark(name):
+  import importlib
+
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    return importlib.import_module(name)
+  finally:
+    sys.path.pop(0)
+
+
+def test_data_scaling_fit_and_trajectory_subsets(tmp_path):
+  import numpy as np
+
+  from crystal_search.datasets import frames as frames_lib
+  from tests.training_data import make_dataset
+
+  ds = _benchmark("data_scaling")
+  # MAE = 2 frames^-0.5 puts 0.03 eV/Å at (2 / 0.03)^2 frames.
+  points = [{"frames": n, "test": {"force_mae": 2 * n**-0.5}} for n in (1000, 4000)]
+  fit = ds.fit(points, "force_mae")
+  assert fit["slope"] == pytest.approx(0.5)
+  assert fit["frames_at_goal"] == pytest.approx((2 / 0.03) ** 2, rel=1e-6)
+  flat = [{"frames": n, "test": {"force_mae": 0.04 + 1e-4 * k}} for k, n in enumerate((10, 20))]
+  assert ds.fit(flat, "force_mae")["frames_at_goal"] is None  # no decrease: no extrapolation
+  # A subset keeps whole training trajectories and links the other splits.
+  data = make_dataset(str(tmp_path / "data"))
+  full = frames_lib.load(os.path.join(data, "train.npz"))
+  full.trajectory = np.arange(len(full)) // 3  # trajectories of three frames
+  full.save(os.path.join(data, "train.npz"))
+  counts = ds.trajectory_subset(data, str(tmp_path / "half"), fraction=0.5, seed=0)
+  half = frames_lib.load(str(tmp_path / "half" / "train.npz"))
+  assert counts["trajectories"] == round(0.5 * len(np.unique(full.trajectory)))
+  kept = np.unique(half.trajectory)
+  assert len(half) == 3 * len(kept) == counts["frames"]  # whole trajectories only
+  assert os.path.islink(str(tmp_path / "half" / "test.npz"))
