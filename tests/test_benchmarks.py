@@ -66,3 +66,22 @@ def test_data_scaling_fit_and_trajectory_subsets(tmp_path):
   kept = np.unique(half.trajectory)
   assert len(half) == 3 * len(kept) == counts["frames"]  # whole trajectories only
   assert os.path.islink(str(tmp_path / "half" / "test.npz"))
+
+
+def test_error_breakdown_bins_cover_every_atom_and_frame():
+  import numpy as np
+
+  from tests.training_data import make_frames
+
+  eb = _benchmark("error_breakdown")
+  frames = make_frames(0, 8, sizes=(2, 3, 4))
+  frames.trajectory = np.arange(8) // 4  # two trajectories of four steps
+  frames.step = np.tile(np.arange(4) * 5, 2)
+  pred = {"forces": frames.forces + 0.1, "stress": frames.stress - 2.0}
+  out = eb.breakdown(frames, pred)
+  assert out["force_mae"] == pytest.approx(0.1)
+  assert sum(b["atoms"] for b in out["by_teacher_force"]) == len(frames.forces)
+  assert sum(b["share_of_error"] for b in out["by_teacher_force"]) == pytest.approx(1.0)
+  # Steps 0, 5, 10, 15 of 15: positions 0, 1/3, 2/3, 1 -> bins 0-0.2, 0.2-0.4, 0.6-0.8, 0.8-1.
+  assert [b["frames"] for b in out["by_position"]] == [2, 2, 0, 2, 2]
+  assert all(b["stress_mae"] == pytest.approx(2.0) for b in out["by_position"] if b["frames"])
