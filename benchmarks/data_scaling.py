@@ -21,7 +21,6 @@ the issue's goals (0.03 eV/Å, 1.0 kBar) — an extrapolation, stated as one.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ def trajectory_subset(dataset: str, output: str, *, fraction: float, seed: int) 
   """Write ``output/`` = ``dataset/`` with a seeded ``fraction`` of its training trajectories
   (every frame of each kept trajectory) and its other splits linked; returns the counts."""
   from crystal_search.datasets import frames as frames_lib
+  from crystal_search.datasets import strain
 
   train = frames_lib.load(os.path.join(dataset, "train.npz"))
   trajectories = np.unique(train.trajectory)
@@ -47,11 +47,7 @@ def trajectory_subset(dataset: str, output: str, *, fraction: float, seed: int) 
   subset = train.select(np.flatnonzero(np.isin(train.trajectory, kept)))
   os.makedirs(output, exist_ok=True)
   subset.save(os.path.join(output, "train.npz"))
-  for split in ("val", "test", "test_trajectories", "holdout", "holdout_trajectories"):
-    target = os.path.join(dataset, f"{split}.npz")
-    link = os.path.join(output, f"{split}.npz")
-    if os.path.exists(target) and not os.path.lexists(link):
-      os.symlink(os.path.relpath(os.path.abspath(target), os.path.abspath(output)), link)
+  strain.link_splits(dataset, output)
   counts = {
     "trajectories": int(keep_n),
     "of_trajectories": int(len(trajectories)),
@@ -116,6 +112,7 @@ def main() -> None:
   parser.add_argument("--out", default="benchmarks/results/data_scaling.json")
   args = parser.parse_args()
   from crystal_search.errors import InputError
+  from experiments.common import load_config
 
   fractions = sorted({float(f) for f in args.fractions.split(",") if f.strip()})
   if not fractions or not all(0 < f <= 1 for f in fractions):
@@ -124,10 +121,8 @@ def main() -> None:
     raise InputError(f"--dataset {args.dataset}: no train.npz there")
   if args.reference and not os.path.exists(os.path.join(args.reference, "eval", "eval.json")):
     raise InputError(f"--reference {args.reference}: no eval/eval.json there")
-  path, _, arg = args.config.partition(":")
   try:
-    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    config = module.get_config(arg or None)
+    config = load_config(args.config)
   except (ImportError, ValueError) as e:
     raise InputError(f"--config {args.config}: {e}") from None
   python = sys.executable
@@ -143,7 +138,7 @@ def main() -> None:
       counts = {"trajectories": n, "of_trajectories": n, "frames": len(train), "seed": None}
     else:
       run_dir = os.path.join(args.work_dir, f"f{fraction:g}")
-      data_dir = os.path.join(run_dir + "_data")
+      data_dir = run_dir + "_data"
       counts = trajectory_subset(args.dataset, data_dir, fraction=fraction, seed=args.seed)
       epochs = max(1, round(config.num_epochs / fraction))
       halving = max(1, round(config.lr_halving_epochs / fraction))
@@ -198,14 +193,11 @@ def main() -> None:
         f"frames^{-f['slope']:+.2f}): more teacher data alone will not reach {GOALS[key]:g} {unit}"
       )
       continue
-    text = f"- {key}: MAE ∝ frames^-{f['slope']:.2f}"
-    if f["frames_at_goal"]:
-      text += (
-        f"; the fit reaches the goal {GOALS[key]:g} {unit} at ~{f['frames_at_goal']:,.0f} "
-        f"training frames ({f['times_the_full_set']:.1f}x the full set; an extrapolation "
-        "from these points, same network and step budget)"
-      )
-    lines.append(text)
+    lines.append(
+      f"- {key}: MAE ∝ frames^-{f['slope']:.2f}; the fit reaches the goal {GOALS[key]:g} "
+      f"{unit} at ~{f['frames_at_goal']:,.0f} training frames ({f['times_the_full_set']:.1f}x "
+      "the full set; an extrapolation from these points, same network and step budget)"
+    )
   _common.write_report(args.out, report, lines)
 
 

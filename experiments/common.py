@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 
@@ -36,3 +37,11 @@ def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> Non
   except flags.Error as e:  # pragma: no cover - absl prints flag errors itself.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+
+
+def load_config(spec: str):
+  """The config of ``experiments/configs/NAME.py[:ARG]`` (a path relative to the repository
+  root, as ``--config`` takes it): ``get_config(ARG or None)`` of that module."""
+  path, _, arg = spec.partition(":")
+  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+  return module.get_config(arg or None)

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import importlib
 import json
 import os
 import shutil
@@ -59,7 +58,7 @@ import sys
 from absl import flags
 
 from crystal_search.errors import InputError
-from experiments.common import run
+from experiments.common import load_config, run
 from experiments.configs import pretrained, stress_heads
 
 ROWS = (
@@ -131,9 +130,7 @@ def _single(workdir: str, config: str, row: str) -> Job:
 
 def _config_key(config: str) -> str:
   """The resolved values of ``experiments/configs/NAME.py[:ARG]`` as sorted JSON."""
-  path, _, arg = config.partition(":")
-  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-  return module.get_config(arg or None).to_json(sort_keys=True)
+  return load_config(config).to_json(sort_keys=True)
 
 
 def merge_identical(todo: list[Job]) -> list[Job]:

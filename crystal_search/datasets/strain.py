@@ -158,6 +158,27 @@ def label(
   return frames_lib.from_arrays(rows, trajectory_names=list(names))
 
 
+def link_splits(dataset_dir: str, output_dir: str) -> list[str]:
+  """Link ``dataset_dir``'s :data:`LINKED_SPLITS` files into ``output_dir`` (relative
+  symlinks, replacing old ones; copies where the file system has no symlinks).  Returns the
+  splits linked (those that exist)."""
+  rel = os.path.relpath(os.path.abspath(dataset_dir), os.path.abspath(output_dir))
+  linked = []
+  for split in LINKED_SPLITS:
+    target = os.path.join(dataset_dir, f"{split}.npz")
+    if not os.path.exists(target):
+      continue
+    link = os.path.join(output_dir, f"{split}.npz")
+    if os.path.lexists(link):
+      os.remove(link)
+    try:
+      os.symlink(os.path.join(rel, f"{split}.npz"), link)
+    except OSError:  # no symlinks (some file systems): copy
+      shutil.copy2(target, link)
+    linked.append(split)
+  return linked
+
+
 def build(
   teacher_paths: Sequence[str],
   dataset_dir: str,
@@ -263,17 +284,7 @@ def build(
   joined.save(os.path.join(output_dir, "train.npz"))
   rel = os.path.relpath(os.path.abspath(dataset_dir), os.path.abspath(output_dir))
   files = {"train": {"path": "train.npz", "frames": len(joined)}}
-  for split in LINKED_SPLITS:
-    target = os.path.join(dataset_dir, f"{split}.npz")
-    if not os.path.exists(target):
-      continue
-    link = os.path.join(output_dir, f"{split}.npz")
-    if os.path.lexists(link):
-      os.remove(link)
-    try:
-      os.symlink(os.path.join(rel, f"{split}.npz"), link)
-    except OSError:  # no symlinks (some file systems): copy
-      shutil.copy2(target, link)
+  for split in link_splits(dataset_dir, output_dir):
     files[split] = base["files"].get(split, {"path": f"{split}.npz"})
   manifest = {
     "protocol": base["protocol"],
