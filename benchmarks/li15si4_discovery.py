@@ -263,12 +263,32 @@ def experimental_energies() -> dict:
 
 def _model_label(run: dict) -> str:
   settings = run["settings"] or {}
+  if run.get("label"):
+    return run["label"]
   return f"model `{settings['model']}`" if "model" in settings else "shipped model"
+
+
+def _kept_runs(previous_report: str, runs: list[dict]) -> list[dict]:
+  """The runs of an earlier report whose work dirs are gone (``runs/`` is not committed), so that
+  a report on new work dirs keeps the measured rows it cannot regenerate."""
+  with open(previous_report) as f:
+    previous = json.load(f).get("runs", [])
+  named = {run["work_dir"] for run in runs}
+  return [
+    run for run in previous if run["work_dir"] not in named and not os.path.isdir(run["work_dir"])
+  ]
 
 
 def report(args) -> None:
 
   runs = [_run_report(d) for d in args.work_dir.split(",")]
+  if args.keep_missing and os.path.exists(args.out):
+    runs = _kept_runs(args.out, runs) + runs
+  for item in args.label:
+    work_dir, _, label = item.partition("=")
+    for run in runs:
+      if run["work_dir"] == work_dir:
+        run["label"] = label
   reference = experimental_energies()
   result = {
     "command": _common.command_line(),
@@ -377,6 +397,18 @@ def main() -> None:
   )
   parser.add_argument("--report", action="store_true")
   parser.add_argument("--note", action="append", default=[], help="a paragraph for the report")
+  parser.add_argument(
+    "--label",
+    action="append",
+    default=[],
+    help="with --report: WORK_DIR=TEXT names that run's model in the report",
+  )
+  parser.add_argument(
+    "--keep_missing",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="with --report: keep the rows of --out's runs whose work dirs no longer exist",
+  )
   parser.add_argument("--out", default="benchmarks/results/li15si4_discovery.json")
   args = parser.parse_args()
   if args.report:

@@ -234,7 +234,9 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
             config += f",{seed}"
           out.append(Job(workdir, config, (Evaluation(RATTLE_ROWS[variant]),), prepare=prepare))
     elif row == "pretrained_cutoff5":
-      job = _single("pretrained_cutoff5", "pretrained.py:cutoff5", "GNN (shipped config; cutoff 5 Å)")
+      job = _single(
+        "pretrained_cutoff5", "pretrained.py:cutoff5", "GNN (shipped config; cutoff 5 Å)"
+      )
       out.append(dataclasses.replace(job, prepare=(_join_strain_frames(),)))
     elif row == "pretrained_no_strain":
       row_name = "GNN (shipped config; no strain frames)"

@@ -1,5 +1,6 @@
 """The benchmark scripts end bad input in one line, not a traceback (``benchmarks/_common.run``)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -85,3 +86,24 @@ def test_error_breakdown_bins_cover_every_atom_and_frame():
   # Steps 0, 5, 10, 15 of 15: positions 0, 1/3, 2/3, 1 -> bins 0-0.2, 0.2-0.4, 0.6-0.8, 0.8-1.
   assert [b["frames"] for b in out["by_position"]] == [2, 2, 0, 2, 2]
   assert all(b["stress_mae"] == pytest.approx(2.0) for b in out["by_position"] if b["frames"])
+
+
+def test_li15si4_report_keeps_the_rows_of_work_dirs_that_are_gone(tmp_path):
+  discovery = _benchmark("li15si4_discovery")
+  present = tmp_path / "present"
+  present.mkdir()
+  previous = {
+    "runs": [
+      {"work_dir": str(tmp_path / "gone"), "settings": {}},
+      {"work_dir": str(present), "settings": {}},
+      {"work_dir": str(tmp_path / "rerun"), "settings": {}},
+    ]
+  }
+  report = tmp_path / "report.json"
+  report.write_text(json.dumps(previous))
+  new = [{"work_dir": str(tmp_path / "rerun"), "settings": {"model": "m"}}]
+  kept = discovery._kept_runs(str(report), new)
+  # Rows whose chunks still exist are re-read from them, not copied; reread dirs are not doubled.
+  assert [run["work_dir"] for run in kept] == [str(tmp_path / "gone")]
+  assert discovery._model_label(new[0]) == "model `m`"
+  assert discovery._model_label({"settings": {}, "label": "4 Å model"}) == "4 Å model"
