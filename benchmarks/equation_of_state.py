@@ -22,6 +22,28 @@ import _common  # benchmarks/_common.py (this folder is on sys.path)
 import numpy as np
 
 
+def _kept_columns(previous_report: str, models: dict, scales: list, phases: list) -> dict:
+  """``{'model:NAME': (path, {phase: column})}``: an earlier report's models whose directories
+  are gone (``runs/`` is not committed), measured at the same scales on the same phases, so that
+  a rerun on new models keeps what it cannot recompute."""
+  import json
+  import os
+
+  if not os.path.exists(previous_report):
+    return {}
+  with open(previous_report) as f:
+    previous = json.load(f)
+  if previous.get("scales") != scales or sorted(previous.get("phases", {})) != sorted(phases):
+    return {}
+  kept = {}
+  for name, path in previous.get("models", {}).items():
+    path = str(path).split(" (kept")[0]
+    if name in models or not path or os.path.isdir(path):
+      continue
+    kept[f"model:{name}"] = (path, {p: e[f"model:{name}"] for p, e in previous["phases"].items()})
+  return kept
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default="shipped", help="NAME[=MODEL_DIR],... (shipped: package)")
@@ -30,6 +52,12 @@ def main() -> None:
   parser.add_argument("--scales", default="0.92,0.96,1.0,1.04,1.08")
   parser.add_argument("--max_atoms", type=int, default=40)
   parser.add_argument("--out", default="benchmarks/results/equation_of_state.json")
+  parser.add_argument(
+    "--keep_missing",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="keep --out's columns of models whose directories no longer exist (same scales)",
+  )
   args = parser.parse_args()
 
   from crystal_search import evaluation, metrics, relax
@@ -55,13 +83,19 @@ def main() -> None:
     "scales": scales,
     "phases": {},
   }
+  kept = _kept_columns(args.out, models, scales, list(phases)) if args.keep_missing else {}
+  for kind, (path, _) in kept.items():
+    report["models"][kind.removeprefix("model:")] = f"{path} (kept from the previous report)"
   for name, structure in phases.items():
     entry = {"atoms": len(structure), "volume_per_atom": structure.volume / len(structure)}
     for kind, ff in force_fields.items():
       entry[kind] = evaluation.equation_of_state(ff, structure, scales=scales)
       print(name, kind, np.round(entry[kind]["pressure_kbar"], 1).tolist(), flush=True)
+    for kind, (_, columns) in kept.items():
+      entry[kind] = columns[name]
     report["phases"][name] = entry
-  kinds = list(force_fields)
+  kinds = [k for k in force_fields if k != "chgnet"] + list(kept)
+  kinds += [k for k in force_fields if k == "chgnet"]
   if "chgnet" in kinds:
     report["vs_teacher"] = {}
     for kind in kinds:

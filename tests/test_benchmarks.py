@@ -107,3 +107,20 @@ def test_li15si4_report_keeps_the_rows_of_work_dirs_that_are_gone(tmp_path):
   assert [run["work_dir"] for run in kept] == [str(tmp_path / "gone")]
   assert discovery._model_label(new[0]) == "model `m`"
   assert discovery._model_label({"settings": {}, "label": "4 Å model"}) == "4 Å model"
+
+
+def test_equation_of_state_keeps_columns_of_models_that_are_gone(tmp_path):
+  eos = _benchmark("equation_of_state")
+  column = {"pressure_kbar": [1.0, 0.0], "bulk_modulus_gpa": 3.0, "zero_pressure_scale": 1.0}
+  previous = {
+    "models": {"gone": str(tmp_path / "gone"), "shipped": "", "here": str(tmp_path), "new": "x"},
+    "scales": [0.96, 1.04],
+    "phases": {"LiSi": {f"model:{k}": column for k in ("gone", "shipped", "here", "new")}},
+  }
+  report = tmp_path / "eos.json"
+  report.write_text(json.dumps(previous))
+  kept = eos._kept_columns(str(report), {"new": "y"}, [0.96, 1.04], ["LiSi"])
+  assert kept == {"model:gone": (str(tmp_path / "gone"), {"LiSi": column})}
+  # Other scales or phases: nothing is comparable, nothing kept.
+  assert eos._kept_columns(str(report), {}, [0.9, 1.1], ["LiSi"]) == {}
+  assert eos._kept_columns(str(report), {}, [0.96, 1.04], ["Li"]) == {}
