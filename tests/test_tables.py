@@ -86,9 +86,9 @@ def test_reproduce_lists_every_row_of_the_paper():
     "experiments/configs/pretrained.py:rattle,1",
   }
   assert {f"GNN stress={h} (shipped budget)" for h in ("plane", "corner", "global")} <= set(rows)
-  (cutoff5,) = [job for job in jobs if job.workdir == "pretrained_cutoff5"]
-  assert cutoff5.prepare == shipped.prepare
-  assert cutoff5.config == "experiments/configs/pretrained.py:cutoff5"
+  (cutoff4,) = [job for job in jobs if job.workdir == "pretrained_cutoff4"]
+  assert cutoff4.prepare == shipped.prepare
+  assert cutoff4.config == "experiments/configs/pretrained.py:cutoff4"
   with pytest.raises(Exception, match="unknown row"):
     reproduce.jobs(["tabel1"], "cpu", {"0"})
 

@@ -249,7 +249,7 @@ def _config(name, arg=None):
     ("pretrained", "plane"),
     ("pretrained", "corner"),
     ("pretrained", "global"),
-    ("pretrained", "cutoff5"),
+    ("pretrained", "cutoff4"),
   ],
 )
 def test_every_experiment_config_is_valid(name, arg):
@@ -287,10 +287,12 @@ def test_config_values_of_the_paper():
   edge = _config("stress_heads", "corner,edge")
   assert (edge.model.force_head, edge.model.stress_head) == ("edge", "corner")
   assert edge.model.edge_inputs == "vector"
-  # The 5 Å variant differs from the shipped config in its cutoff alone.
-  shipped, cutoff5 = _config("pretrained").to_dict(), _config("pretrained", "cutoff5").to_dict()
-  assert cutoff5["model"].pop("cutoff") == 5.0 and shipped["model"].pop("cutoff") == 4.0
-  assert cutoff5 == shipped
+  # The model shipped before (4 Å) differs from the shipped config (5 Å) in its cutoff alone;
+  # the other variants keep 4 Å.
+  shipped, cutoff4 = _config("pretrained").to_dict(), _config("pretrained", "cutoff4").to_dict()
+  assert cutoff4["model"].pop("cutoff") == 4.0 and shipped["model"].pop("cutoff") == 5.0
+  assert cutoff4 == shipped
+  assert _config("pretrained", "no_strain").model.cutoff == 4.0
 
 
 @pytest.mark.parametrize("arg", ["plane,bogus", "virial,node", "plane,edge,node", "tetra"])
