@@ -28,8 +28,8 @@ from crystal_search.force_fields.base import ForceFieldOutput
 from crystal_search.models import config as config_lib
 from crystal_search.models import force_stress
 
-#: Default edges per structure: ~64 neighbours within 4 Å per atom slot is
-#: generous for Li–Si densities; overflow grows it.
+#: Default edges per structure: ~64 neighbours per atom slot is generous for Li–Si densities
+#: (about 30 atoms lie within 5 Å); overflow grows it.
 DEFAULT_EDGES_PER_ATOM = 64
 
 
