@@ -76,6 +76,24 @@ def write_report(out: str, report: dict, lines: list[str]) -> None:
   print("\n".join(lines))
 
 
+def previous_report(path: str) -> dict | None:
+  """The JSON report an earlier run wrote to ``path`` (``None`` when there is none), read by the
+  scripts that keep the rows or columns they cannot recompute; a malformed file is bad input."""
+  import json
+
+  from crystal_search.errors import InputError
+
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise InputError(
+      f"--out {path}: the previous report cannot be read ({e}); pass --no-keep_missing"
+    ) from None
+
+
 def run(main) -> None:
   """Call a benchmark's ``main()``; bad input (:class:`InputError`) ends in one line on stderr
   and exit code 1 instead of a traceback."""

@@ -26,18 +26,15 @@ def _kept_columns(previous_report: str, models: dict, scales: list, phases: list
   """``{'model:NAME': (path, {phase: column})}``: an earlier report's models whose directories
   are gone (``runs/`` is not committed), measured at the same scales on the same phases, so that
   a rerun on new models keeps what it cannot recompute."""
-  import json
   import os
 
-  if not os.path.exists(previous_report):
+  previous = _common.previous_report(previous_report)
+  if previous is None:
     return {}
-  with open(previous_report) as f:
-    previous = json.load(f)
   if previous.get("scales") != scales or sorted(previous.get("phases", {})) != sorted(phases):
     return {}
   kept = {}
   for name, path in previous.get("models", {}).items():
-    path = str(path).split(" (kept")[0]
     if name in models or not path or os.path.isdir(path):
       continue
     kept[f"model:{name}"] = (path, {p: e[f"model:{name}"] for p, e in previous["phases"].items()})
@@ -85,7 +82,8 @@ def main() -> None:
   }
   kept = _kept_columns(args.out, models, scales, list(phases)) if args.keep_missing else {}
   for kind, (path, _) in kept.items():
-    report["models"][kind.removeprefix("model:")] = f"{path} (kept from the previous report)"
+    report["models"][kind.removeprefix("model:")] = path
+  report["kept_from_previous_report"] = [kind.removeprefix("model:") for kind in kept]
   for name, structure in phases.items():
     entry = {"atoms": len(structure), "volume_per_atom": structure.volume / len(structure)}
     for kind, ff in force_fields.items():
@@ -127,7 +125,11 @@ def main() -> None:
     "fractional coordinates, no relaxation); pressure = -tr(stress)/3 in kBar, compressive "
     "positive; B = -dP/dlnV at V_ref (GPa) and the scale where P = 0 from a quadratic fit "
     "('–': no zero inside the scan). Models: "
-    + ", ".join(f"`{k}` = {v or 'the shipped model'}" for k, v in report["models"].items())
+    + ", ".join(
+      f"`{k}` = {v or 'the shipped model'}"
+      + (" (kept from the previous report)" if k in report["kept_from_previous_report"] else "")
+      for k, v in report["models"].items()
+    )
     + ".",
     "",
     "| phase | atoms | "

@@ -271,8 +271,7 @@ def _model_label(run: dict) -> str:
 def _kept_runs(previous_report: str, runs: list[dict]) -> list[dict]:
   """The runs of an earlier report whose work dirs are gone (``runs/`` is not committed), so that
   a report on new work dirs keeps the measured rows it cannot regenerate."""
-  with open(previous_report) as f:
-    previous = json.load(f).get("runs", [])
+  previous = (_common.previous_report(previous_report) or {}).get("runs", [])
   named = {run["work_dir"] for run in runs}
   return [
     run for run in previous if run["work_dir"] not in named and not os.path.isdir(run["work_dir"])
@@ -282,7 +281,7 @@ def _kept_runs(previous_report: str, runs: list[dict]) -> list[dict]:
 def report(args) -> None:
 
   runs = [_run_report(d) for d in args.work_dir.split(",")]
-  if args.keep_missing and os.path.exists(args.out):
+  if args.keep_missing:
     runs = _kept_runs(args.out, runs) + runs
   for item in args.label:
     work_dir, _, label = item.partition("=")

@@ -124,3 +124,15 @@ def test_equation_of_state_keeps_columns_of_models_that_are_gone(tmp_path):
   # Other scales or phases: nothing is comparable, nothing kept.
   assert eos._kept_columns(str(report), {}, [0.9, 1.1], ["LiSi"]) == {}
   assert eos._kept_columns(str(report), {}, [0.96, 1.04], ["Li"]) == {}
+
+
+def test_a_malformed_previous_report_is_bad_input_and_stays(tmp_path):
+  from crystal_search.errors import InputError
+
+  common = _benchmark("_common")
+  report = tmp_path / "report.json"
+  assert common.previous_report(str(report)) is None
+  report.write_text('{"runs": [')
+  with pytest.raises(InputError, match="report.json: the previous report cannot be read"):
+    common.previous_report(str(report))
+  assert report.read_text() == '{"runs": ['
