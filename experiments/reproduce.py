@@ -34,6 +34,10 @@ Rows (names as in :mod:`experiments.make_tables`):
   (``GNN (shipped config; width 64)``);
 * ``pretrained_cutoff4``: the shipped config at the 4 Å cutoff of the other variants
   (``pretrained.py:cutoff4``, ``GNN (4 Å cutoff; shipped in sessions 7-8)``);
+* ``pretrained_blocks6``: the shipped config with 6 message-passing blocks instead of 4
+  (``pretrained.py:blocks6``, ``GNN (shipped config; 6 blocks)``);
+* ``pretrained_long``: the shipped config trained for 75 epochs instead of 45
+  (``pretrained.py:long``, ``GNN (shipped config; 75 epochs)``);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
   heads trained with the shipped budget (``pretrained.py:HEAD``,
   ``GNN stress=HEAD (shipped budget)``): Table 5 at the shipped model's budget.
@@ -76,6 +80,8 @@ ROWS = (
   "pretrained_heads",
   "pretrained_rattle",
   "pretrained_cutoff4",
+  "pretrained_blocks6",
+  "pretrained_long",
 )
 
 #: Rows of ``pretrained.py:rattle|rattle_small`` (the shipped config with displaced copies), and
@@ -85,6 +91,13 @@ RATTLE_ROWS = {
   "rattle_small": "GNN (shipped config; displaced copies 0.02 Å)",
 }
 RATTLE_SEEDS = ("0", "1")
+#: Rows of the shipped config's other variants on the strain dataset: workdir -> (config, row).
+STRAIN_ROWS = {
+  "pretrained": ("pretrained.py", "GNN (shipped)"),
+  "pretrained_cutoff4": ("pretrained.py:cutoff4", "GNN (4 Å cutoff; shipped in sessions 7-8)"),
+  "pretrained_blocks6": ("pretrained.py:blocks6", "GNN (shipped config; 6 blocks)"),
+  "pretrained_long": ("pretrained.py:long", "GNN (shipped config; 75 epochs)"),
+}
 #: Suffix of the rows of the paper's stress heads trained with the shipped budget.
 SHIPPED_BUDGET_SUFFIX = " (shipped budget)"
 
@@ -219,8 +232,8 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
     elif row == "meam":
       flags_ = ("--force_field=meam", f"--dataset={data.DEFAULT_PATH}")
       out.append(Job("meam", None, (Evaluation("MEAM", "eval", flags_),)))
-    elif row == "pretrained":
-      job = _single("pretrained", "pretrained.py", "GNN (shipped)")
+    elif row in STRAIN_ROWS:
+      job = _single(row, *STRAIN_ROWS[row])
       out.append(dataclasses.replace(job, prepare=(_join_strain_frames(),)))
     elif row == "pretrained_rattle":
       for variant in pretrained.RATTLE_DATA:
@@ -233,10 +246,6 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
           if seed != "0":
             config += f",{seed}"
           out.append(Job(workdir, config, (Evaluation(RATTLE_ROWS[variant]),), prepare=prepare))
-    elif row == "pretrained_cutoff4":
-      row_name = "GNN (4 Å cutoff; shipped in sessions 7-8)"
-      job = _single("pretrained_cutoff4", "pretrained.py:cutoff4", row_name)
-      out.append(dataclasses.replace(job, prepare=(_join_strain_frames(),)))
     elif row == "pretrained_no_strain":
       row_name = "GNN (shipped config; no strain frames)"
       out.append(_single("pretrained_no_strain", "pretrained.py:no_strain", row_name))

@@ -250,6 +250,8 @@ def _config(name, arg=None):
     ("pretrained", "corner"),
     ("pretrained", "global"),
     ("pretrained", "cutoff4"),
+    ("pretrained", "blocks6"),
+    ("pretrained", "long"),
   ],
 )
 def test_every_experiment_config_is_valid(name, arg):
@@ -292,6 +294,17 @@ def test_config_values_of_the_paper():
   shipped, cutoff4 = _config("pretrained").to_dict(), _config("pretrained", "cutoff4").to_dict()
   assert cutoff4["model"].pop("cutoff") == 4.0 and shipped["model"].pop("cutoff") == 5.0
   assert cutoff4 == shipped
+  # The shipped config's own variants change one thing each.
+  shipped = _config("pretrained").to_dict()
+  blocks6, long = (
+    _config("pretrained", "blocks6").to_dict(),
+    _config("pretrained", "long").to_dict(),
+  )
+  assert blocks6["model"].pop("num_blocks") == 6 and shipped["model"].pop("num_blocks") == 4
+  assert blocks6 == shipped
+  shipped = _config("pretrained").to_dict()
+  assert long.pop("num_epochs") == 75 and shipped.pop("num_epochs") == 45
+  assert long == shipped
   assert _config("pretrained", "no_strain").model.cutoff == 4.0
 
 
