@@ -98,6 +98,8 @@ STRAIN_ROWS = {
   "pretrained_blocks6": ("pretrained.py:blocks6", "GNN (shipped config; 6 blocks)"),
   "pretrained_long": ("pretrained.py:long", "GNN (shipped config; 75 epochs)"),
 }
+#: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).
+STRAIN_SEEDS = {"pretrained_blocks6": ("0", "1")}
 #: Suffix of the rows of the paper's stress heads trained with the shipped budget.
 SHIPPED_BUDGET_SUFFIX = " (shipped budget)"
 
@@ -142,6 +144,19 @@ class Job:
 def _single(workdir: str, config: str, row: str) -> Job:
   """A run of ``experiments/configs/CONFIG`` with one evaluation on the default test set."""
   return Job(workdir, f"experiments/configs/{config}", (Evaluation(row),))
+
+
+def _seeded(workdir: str, config: str, row: str, seeds: list[str], prepare: tuple) -> list[Job]:
+  """Runs of ``pretrained.py[:VARIANT]`` for each seed: seed 0 in ``WORKDIR`` with the config
+  as named, seed N in ``WORKDIR_seed_N`` with ``,N`` appended to its argument; one row."""
+  out = []
+  for seed in seeds:
+    name, arg = workdir, config
+    if seed != "0":
+      name += f"_seed_{seed}"
+      arg += ("," if ":" in arg else ":,") + seed
+    out.append(Job(name, f"experiments/configs/{arg}", (Evaluation(row),), prepare=prepare))
+  return out
 
 
 def _config_key(config: str) -> str:
@@ -233,19 +248,18 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
       flags_ = ("--force_field=meam", f"--dataset={data.DEFAULT_PATH}")
       out.append(Job("meam", None, (Evaluation("MEAM", "eval", flags_),)))
     elif row in STRAIN_ROWS:
-      job = _single(row, *STRAIN_ROWS[row])
-      out.append(dataclasses.replace(job, prepare=(_join_strain_frames(),)))
+      run_seeds = [s for s in sorted(seeds) if s in STRAIN_SEEDS.get(row, ("0",))]
+      out += _seeded(row, *STRAIN_ROWS[row], run_seeds, (_join_strain_frames(),))
     elif row == "pretrained_rattle":
       for variant in pretrained.RATTLE_DATA:
         prepare = (_join_strain_frames(), _rattle_frames(variant))
-        for seed in sorted(seeds):
-          if seed not in RATTLE_SEEDS:
-            continue
-          workdir = f"pretrained_{variant}" + (f"_seed_{seed}" if seed != "0" else "")
-          config = f"experiments/configs/pretrained.py:{variant}"
-          if seed != "0":
-            config += f",{seed}"
-          out.append(Job(workdir, config, (Evaluation(RATTLE_ROWS[variant]),), prepare=prepare))
+        out += _seeded(
+          f"pretrained_{variant}",
+          f"pretrained.py:{variant}",
+          RATTLE_ROWS[variant],
+          [s for s in sorted(seeds) if s in RATTLE_SEEDS],
+          prepare,
+        )
     elif row == "pretrained_no_strain":
       row_name = "GNN (shipped config; no strain frames)"
       out.append(_single("pretrained_no_strain", "pretrained.py:no_strain", row_name))

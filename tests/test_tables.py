@@ -93,6 +93,13 @@ def test_reproduce_lists_every_row_of_the_paper():
     (job,) = [job for job in jobs if job.workdir == f"pretrained_{variant}"]
     assert job.prepare == shipped.prepare
     assert job.config == f"experiments/configs/pretrained.py:{variant}"
+  # Seeds beyond 0 train in WORKDIR_seed_N with ',N' appended to the config's argument.
+  (seed_1,) = [job for job in jobs if job.workdir == "pretrained_blocks6_seed_1"]
+  assert seed_1.config == "experiments/configs/pretrained.py:blocks6,1"
+  assert [ev.row for ev in seed_1.evaluations] == ["GNN (shipped config; 6 blocks)"]
+  assert reproduce._seeded("x", "pretrained.py", "row", ["0", "2"], ())[1].config == (
+    "experiments/configs/pretrained.py:,2"
+  )
   with pytest.raises(Exception, match="unknown row"):
     reproduce.jobs(["tabel1"], "cpu", {"0"})
 
