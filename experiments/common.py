@@ -1,14 +1,37 @@
-"""What every binary shares: one-line errors instead of tracebacks."""
+"""What every binary shares: one-line errors instead of tracebacks, the machine's name."""
 
 from __future__ import annotations
 
 import importlib
+import os
+import platform
 import sys
 from collections.abc import Callable
 
 from absl import app, flags, logging
 
 from crystal_search.errors import InputError
+
+
+def machine_name() -> str:
+  """The machine a result was measured on, in one line: platform, CPU count, JAX backend."""
+  import jax
+
+  return f"{platform.platform()}, {os.cpu_count()} CPUs, JAX on {jax.default_backend()}"
+
+
+def machines(reports: list[dict]) -> str:
+  """The machines the evaluations ran on (``machine`` in ``eval.json``), distinct, in order; for
+  evaluations that record none (older ones) the line says so and names the machine
+  that builds the tables instead."""
+  named = list(dict.fromkeys(r["machine"] for r in reports if r.get("machine")))
+  missing = sum(not r.get("machine") for r in reports)
+  if missing:
+    named.append(
+      f"{missing} of {len(reports)} evaluations record no machine (older than the field; "
+      f"tables built on {machine_name()})"
+    )
+  return "; ".join(named)
 
 
 def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from absl import flags
 
 from crystal_search.errors import InputError
-from experiments.common import run
+from experiments.common import machine_name, run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (model/ and run.json).")
 _MODEL = flags.DEFINE_string("model", None, "Model directory (default: WORKDIR/model).")
@@ -142,6 +142,7 @@ def main(argv: list[str]) -> None:
         entry.update(evaluation.experimental_recovery(force_field, trajectories, li15si4))
     report[split] = entry
   report["wall_time_s"] = time.perf_counter() - t0
+  report["machine"] = machine_name()
   if curves:
     plots.matched_by_step(curves, os.path.join(out_dir, "matched_by_step.png"))
   with open(os.path.join(out_dir, "eval.json"), "w") as f:

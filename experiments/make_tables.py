@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections import defaultdict
 
 from absl import flags
 
 from crystal_search.errors import InputError
 from crystal_search.evaluation import summarize_seeds
-from experiments.common import run
+from experiments.common import machines, run
 
 _RUNS = flags.DEFINE_list("runs", [], "Run directories with eval.json.")
 _ROW_NAMES = flags.DEFINE_list("row_names", [], "Row name per run (default: from run.json).")
@@ -214,7 +213,7 @@ def main(argv: list[str]) -> None:
     runs.append((_ROW_NAMES.value[k] if _ROW_NAMES.value else row_name(d, report), report))
   summary = summarize(runs)
   os.makedirs(_OUT.value, exist_ok=True)
-  machine = f"{platform.platform()}, {os.cpu_count()} CPUs"
+  machine = machines([report for _, report in runs])
   with open(os.path.join(_OUT.value, "summary.json"), "w") as f:
     record = {"rows": summary, "machine": machine, "notes": _NOTES.value, "paper": PAPER}
     json.dump(record, f, indent=2)

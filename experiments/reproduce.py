@@ -48,7 +48,10 @@ model is newer or the test data changed (``data_version`` in ``eval.json``).  Ev
 (``eval.json``, ``eval.md``, figures) and its run's ``run.json`` are copied to ``--archive_dir`` in
 the same layout as ``--runs_dir``, so the committed tables rebuild without the run directories:
 
-    python -m experiments.reproduce --tables_only --runs_dir=experiments/results/evals
+    python -m experiments.reproduce --tables_only --runs_dir=experiments/results/evals \
+        --notes_file=experiments/results/notes/main.txt --rows=...
+
+(each notes file under ``experiments/results/notes/`` starts with its table set's full command).
 """
 
 from __future__ import annotations
@@ -116,6 +119,38 @@ _ARCHIVE = flags.DEFINE_string(
   "archive_dir", "experiments/results/evals", "Copy of every evaluation ('' for none)."
 )
 _NOTES = flags.DEFINE_multi_string("note", [], "A line for the tables' header (make_tables).")
+_NOTES_FILE = flags.DEFINE_string(
+  "notes_file",
+  None,
+  "Text file of notes for the tables' header, one paragraph each (blank lines between, lines "
+  "starting with '#' ignored), before any --note. The committed tables' notes are in "
+  "experiments/results/notes/, each headed by the command that rebuilds its tables.",
+)
+
+
+def read_notes(path: str) -> list[str]:
+  """The paragraphs of a notes file, each joined into one line; comment lines dropped.
+
+  Raises:
+    InputError: the file is missing, unreadable or holds no note.
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise InputError(f"--notes_file {path}: {getattr(e, 'strerror', None) or e}") from None
+  notes, paragraph = [], []
+  for line in text.splitlines() + [""]:
+    if line.lstrip().startswith("#"):
+      continue
+    if line.strip():
+      paragraph.append(line.strip())
+    elif paragraph:
+      notes.append(" ".join(paragraph))
+      paragraph = []
+  if not notes:
+    raise InputError(f"--notes_file {path}: no notes (paragraphs separated by blank lines)")
+  return notes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,6 +392,7 @@ def main(argv: list[str]) -> None:
     if "=" not in item:
       raise InputError(f"--set={item!r}: expected KEY=VALUE")
     overrides.append(f"--config.{item}")
+  notes = (read_notes(_NOTES_FILE.value) if _NOTES_FILE.value else []) + list(_NOTES.value)
   todo = jobs(_ROWS.value, _SCALE.value, set(_SEEDS.value))
   python = sys.executable
   runs, names = [], []
@@ -404,7 +440,7 @@ def main(argv: list[str]) -> None:
   _run(
     [python, "-m", "experiments.make_tables", f"--output_dir={_OUT.value}"]
     + ["--runs=" + ",".join(r for r, _ in found), "--row_names=" + ",".join(n for _, n in found)]
-    + [f"--note={note}" for note in _NOTES.value]
+    + [f"--note={note}" for note in notes]
   )
 
 

@@ -174,3 +174,33 @@ def test_tables_rebuild_from_the_archive_alone(tmp_path):
   assert summary["rows"]["GNN stress=plane"]["force_mae"]["mean"] == pytest.approx(0.08)
   assert summary["rows"]["MEAM"]["train_seconds"] == pytest.approx(2.0)  # from metrics.csv
   assert "| GNN stress=plane | 1 | 0.0 | 0.2 |" in (out / "tables.md").read_text()
+
+
+def test_tables_name_the_machines_of_their_evaluations():
+  from experiments.common import machines
+
+  a, b = {"machine": "box A"}, {"machine": "box B"}
+  assert machines([a, b, dict(a)]) == "box A; box B"
+  line = machines([a, {}])
+  assert line.startswith("box A; 1 of 2 evaluations record no machine") and "built on" in line
+
+
+def test_notes_file_paragraphs_become_notes(tmp_path):
+  path = tmp_path / "notes.txt"
+  path.write_text("# rebuild: python -m ...\n\nFirst note\nwrapped.\n\n\n# c\nSecond.\n")
+  assert reproduce.read_notes(str(path)) == ["First note wrapped.", "Second."]
+  path.write_text("# only a comment\n\n")
+  with pytest.raises(Exception, match="no notes"):
+    reproduce.read_notes(str(path))
+  with pytest.raises(Exception, match="missing.txt"):
+    reproduce.read_notes(str(tmp_path / "missing.txt"))
+
+
+def test_committed_notes_files_rebuild_their_tables_headers():
+  """Each notes file's paragraphs are the notes in its tables' summary.json."""
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+  notes_dir = os.path.join(root, "results", "notes")
+  for name in sorted(os.listdir(notes_dir)):
+    out = os.path.join(root, "results", "" if name == "main.txt" else name[: -len(".txt")])
+    with open(os.path.join(out, "summary.json")) as f:
+      assert reproduce.read_notes(os.path.join(notes_dir, name)) == json.load(f)["notes"], name
