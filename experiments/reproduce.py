@@ -34,8 +34,8 @@ Rows (names as in :mod:`experiments.make_tables`):
   (``GNN (shipped config; width 64)``);
 * ``pretrained_cutoff4``: the shipped config at the 4 Å cutoff of the other variants
   (``pretrained.py:cutoff4``, ``GNN (4 Å cutoff; shipped in sessions 7-8)``);
-* ``pretrained_blocks6``: the shipped config with 6 message-passing blocks instead of 4
-  (``pretrained.py:blocks6``, ``GNN (shipped config; 6 blocks)``);
+* ``pretrained_blocks4``: the shipped config with 4 message-passing blocks instead of 6, the
+  model shipped in session 9 (``pretrained.py:blocks4``, ``GNN (4 blocks; shipped in session 9)``);
 * ``pretrained_long``: the shipped config trained for 75 epochs instead of 45
   (``pretrained.py:long``, ``GNN (shipped config; 75 epochs)``);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
@@ -83,7 +83,7 @@ ROWS = (
   "pretrained_heads",
   "pretrained_rattle",
   "pretrained_cutoff4",
-  "pretrained_blocks6",
+  "pretrained_blocks4",
   "pretrained_long",
 )
 
@@ -98,11 +98,11 @@ RATTLE_SEEDS = ("0", "1")
 STRAIN_ROWS = {
   "pretrained": ("pretrained.py", "GNN (shipped)"),
   "pretrained_cutoff4": ("pretrained.py:cutoff4", "GNN (4 Å cutoff; shipped in sessions 7-8)"),
-  "pretrained_blocks6": ("pretrained.py:blocks6", "GNN (shipped config; 6 blocks)"),
+  "pretrained_blocks4": ("pretrained.py:blocks4", "GNN (4 blocks; shipped in session 9)"),
   "pretrained_long": ("pretrained.py:long", "GNN (shipped config; 75 epochs)"),
 }
 #: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).
-STRAIN_SEEDS = {"pretrained_blocks6": ("0", "1")}
+STRAIN_SEEDS = {"pretrained": ("0", "1")}
 #: Suffix of the rows of the paper's stress heads trained with the shipped budget.
 SHIPPED_BUDGET_SUFFIX = " (shipped budget)"
 

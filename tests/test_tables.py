@@ -89,14 +89,14 @@ def test_reproduce_lists_every_row_of_the_paper():
   (cutoff4,) = [job for job in jobs if job.workdir == "pretrained_cutoff4"]
   assert cutoff4.prepare == shipped.prepare
   assert cutoff4.config == "experiments/configs/pretrained.py:cutoff4"
-  for variant in ("blocks6", "long"):
+  for variant in ("blocks4", "long"):
     (job,) = [job for job in jobs if job.workdir == f"pretrained_{variant}"]
     assert job.prepare == shipped.prepare
     assert job.config == f"experiments/configs/pretrained.py:{variant}"
   # Seeds beyond 0 train in WORKDIR_seed_N with ',N' appended to the config's argument.
-  (seed_1,) = [job for job in jobs if job.workdir == "pretrained_blocks6_seed_1"]
-  assert seed_1.config == "experiments/configs/pretrained.py:blocks6,1"
-  assert [ev.row for ev in seed_1.evaluations] == ["GNN (shipped config; 6 blocks)"]
+  (seed_1,) = [job for job in jobs if job.workdir == "pretrained_seed_1"]
+  assert seed_1.config == "experiments/configs/pretrained.py:,1"
+  assert [ev.row for ev in seed_1.evaluations] == ["GNN (shipped)"]
   assert reproduce._seeded("x", "pretrained.py", "row", ["0", "2"], ())[1].config == (
     "experiments/configs/pretrained.py:,2"
   )

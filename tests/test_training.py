@@ -250,7 +250,7 @@ def _config(name, arg=None):
     ("pretrained", "corner"),
     ("pretrained", "global"),
     ("pretrained", "cutoff4"),
-    ("pretrained", "blocks6"),
+    ("pretrained", "blocks4"),
     ("pretrained", "long"),
   ],
 )
@@ -289,19 +289,20 @@ def test_config_values_of_the_paper():
   edge = _config("stress_heads", "corner,edge")
   assert (edge.model.force_head, edge.model.stress_head) == ("edge", "corner")
   assert edge.model.edge_inputs == "vector"
-  # The model shipped before (4 Å) differs from the shipped config (5 Å) in its cutoff alone;
-  # the other variants keep 4 Å.
+  # The models shipped before differ from the shipped config (5 Å, 6 blocks) in its blocks
+  # (session 9) and also its cutoff (sessions 7-8); the other variants keep 4 Å and 4 blocks.
   shipped, cutoff4 = _config("pretrained").to_dict(), _config("pretrained", "cutoff4").to_dict()
   assert cutoff4["model"].pop("cutoff") == 4.0 and shipped["model"].pop("cutoff") == 5.0
+  assert cutoff4["model"].pop("num_blocks") == 4 and shipped["model"].pop("num_blocks") == 6
   assert cutoff4 == shipped
   # The shipped config's own variants change one thing each.
   shipped = _config("pretrained").to_dict()
-  blocks6, long = (
-    _config("pretrained", "blocks6").to_dict(),
+  blocks4, long = (
+    _config("pretrained", "blocks4").to_dict(),
     _config("pretrained", "long").to_dict(),
   )
-  assert blocks6["model"].pop("num_blocks") == 6 and shipped["model"].pop("num_blocks") == 4
-  assert blocks6 == shipped
+  assert blocks4["model"].pop("num_blocks") == 4 and shipped["model"].pop("num_blocks") == 6
+  assert blocks4 == shipped
   shipped = _config("pretrained").to_dict()
   assert long.pop("num_epochs") == 75 and shipped.pop("num_epochs") == 45
   assert long == shipped

@@ -3,28 +3,31 @@
   crystal-search train --config=experiments/configs/pretrained.py --workdir=runs/pretrained
 
 ``default.py:cpu`` (the same network, augmentation and seed) with a ``CUTOFF`` (5 Å) neighbour
-cutoff instead of 4 Å, so that each atom sees its second shell, trained on ``data/dataset_strain``
+cutoff instead of 4 Å, so that each atom sees its second shell, and ``BLOCKS`` (6) message-passing
+blocks instead of 4, trained on ``data/dataset_strain``
 (``STRAIN_DATA``): every training frame of ``data/dataset`` (not the CPU scale's
 ``CPU_TRAIN_FRAMES`` subset) plus 3,205 teacher-labelled strained copies of the relaxed training
 structures (``crystal-search build-strain-frames``, :mod:`crystal_search.datasets.strain`; the
 same validation, test and held-out frames), and for longer: ``EPOCHS`` epochs with the learning
 rate halved every ``HALVING_EPOCHS``.  This is the one config beyond the 20-minute CPU budget:
-about 95 minutes on one core of the 2-core machine (~125 s an epoch on the 13,385 frames whose
-cells are thick enough for the model's 2 periodic images at 5 Å).  Shipped since session 9; the
-4 Å config shipped before is ``pretrained.py:cutoff4``.
+about 2 hours on one core of the 2-core machine (~170 s an epoch on the 13,385 frames whose
+cells are thick enough for the model's 2 periodic images at 5 Å; its first 10 epochs are the
+probe ``experiments/results/probes/cutoff5_blocks6_10_epochs``, resumed).  Shipped since session
+10; the configs shipped before are ``pretrained.py:blocks4`` (session 9) and ``:cutoff4``
+(sessions 7–8).
 Validation stays on the CPU scale's ``CPU_EVAL_FRAMES`` subset so that the per-epoch
 validation does not dominate the epoch time.
 
-``pretrained.py:blocks6`` is the shipped config with ``DEEP_BLOCKS`` (6) message-passing blocks
-instead of 4 (row ``GNN (shipped config; 6 blocks)``), ~166 s an epoch on one core; its first 10
-epochs are the probe ``experiments/results/probes/cutoff5_blocks6_10_epochs``, resumed.
+``pretrained.py:blocks4`` is the shipped config with ``default.py``'s 4 blocks, the model shipped
+in session 9 (row ``GNN (4 blocks; shipped in session 9)``), ~125 s an epoch.
 ``pretrained.py:long`` is the shipped config for ``LONG_EPOCHS`` (75) epochs instead of 45 (two
-more halvings of the learning rate; row ``GNN (shipped config; 75 epochs)``): its validation
-stress error was still falling at epoch 45; its first 45 epochs are the shipped run's, resumed.
+more halvings of the learning rate; row ``GNN (shipped config; 75 epochs)``; not yet run): the
+validation stress error was still falling at epoch 45; its first 45 epochs can be the shipped
+run's, resumed.
 
 The other variants (none shipped) keep the 4 Å cutoff of ``default.py:cpu``; the rows named
 ``shipped config; ...`` in the tables are variants of ``cutoff4``, the config shipped when they
-were trained:
+were trained (4 blocks, 4 Å):
 
 * ``pretrained.py:cutoff4``: the shipped config at 4 Å, the model shipped in sessions 7 and 8
   (row ``GNN (4 Å cutoff; shipped in sessions 7-8)``), ~90 s an epoch;
@@ -56,8 +59,8 @@ EPOCHS = 45
 #: Epochs of ``long`` (the shipped config trained on).
 LONG_EPOCHS = 75
 HALVING_EPOCHS = 15
-#: Message-passing blocks of ``blocks6`` (the shipped config has ``default.py``'s 4).
-DEEP_BLOCKS = 6
+#: Message-passing blocks of the shipped model (``default.py`` and the other variants have 4).
+BLOCKS = 6
 WIDE = {"width": 64, "head_widths": (64, 32)}
 #: The dataset with the strain frames (``crystal-search build-strain-frames``).
 STRAIN_DATA = "data/dataset_strain"
@@ -86,7 +89,7 @@ RATTLE_HALVING_EPOCHS = 8
 #: The paper's stress heads, trained with the shipped budget on ``data/dataset``.
 PAPER_HEADS = ("plane", "corner", "global")
 #: Variants of the shipped config itself (5 Å, strain data); the others keep 4 Å.
-SHIPPED_VARIANTS = ("blocks6", "long")
+SHIPPED_VARIANTS = ("blocks4", "long")
 VARIANTS = (*SHIPPED_VARIANTS, "cutoff4", "no_strain", "wide", *RATTLE_DATA, *PAPER_HEADS)
 
 
@@ -107,8 +110,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.path = STRAIN_DATA if arg in ("", "cutoff4", *SHIPPED_VARIANTS) else data.DEFAULT_PATH
   if arg in ("", *SHIPPED_VARIANTS):
     c.model.cutoff = CUTOFF
-  if arg == "blocks6":
-    c.model.num_blocks = DEEP_BLOCKS
+  if arg in ("", "long"):
+    c.model.num_blocks = BLOCKS
   if arg == "long":
     c.num_epochs = LONG_EPOCHS
   if arg in RATTLE_DATA:
