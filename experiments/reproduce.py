@@ -94,7 +94,8 @@ RATTLE_ROWS = {
   "rattle_small": "GNN (shipped config; displaced copies 0.02 Å)",
 }
 RATTLE_SEEDS = ("0", "1")
-#: Rows of the shipped config's other variants on the strain dataset: workdir -> (config, row).
+#: Rows trained on the strain dataset (the shipped config and its variants): workdir ->
+#: (config, row).
 STRAIN_ROWS = {
   "pretrained": ("pretrained.py", "GNN (shipped)"),
   "pretrained_cutoff4": ("pretrained.py:cutoff4", "GNN (4 Å cutoff; shipped in sessions 7-8)"),
@@ -181,11 +182,14 @@ def _single(workdir: str, config: str, row: str) -> Job:
   return Job(workdir, f"experiments/configs/{config}", (Evaluation(row),))
 
 
-def _seeded(workdir: str, config: str, row: str, seeds: list[str], prepare: tuple) -> list[Job]:
-  """Runs of ``pretrained.py[:VARIANT]`` for each seed: seed 0 in ``WORKDIR`` with the config
-  as named, seed N in ``WORKDIR_seed_N`` with ``,N`` appended to its argument; one row."""
+def _seeded(
+  workdir: str, config: str, row: str, seeds, allowed: tuple[str, ...], prepare: tuple
+) -> list[Job]:
+  """Runs of ``pretrained.py[:VARIANT]`` for each of ``seeds`` (of ``--seeds``) in ``allowed``:
+  seed 0 in ``WORKDIR`` with the config as named, seed N in ``WORKDIR_seed_N`` with ``,N``
+  appended to its argument; one row."""
   out = []
-  for seed in seeds:
+  for seed in sorted(s for s in seeds if s in allowed):
     name, arg = workdir, config
     if seed != "0":
       name += f"_seed_{seed}"
@@ -283,8 +287,8 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
       flags_ = ("--force_field=meam", f"--dataset={data.DEFAULT_PATH}")
       out.append(Job("meam", None, (Evaluation("MEAM", "eval", flags_),)))
     elif row in STRAIN_ROWS:
-      run_seeds = [s for s in sorted(seeds) if s in STRAIN_SEEDS.get(row, ("0",))]
-      out += _seeded(row, *STRAIN_ROWS[row], run_seeds, (_join_strain_frames(),))
+      allowed = STRAIN_SEEDS.get(row, ("0",))
+      out += _seeded(row, *STRAIN_ROWS[row], seeds, allowed, (_join_strain_frames(),))
     elif row == "pretrained_rattle":
       for variant in pretrained.RATTLE_DATA:
         prepare = (_join_strain_frames(), _rattle_frames(variant))
@@ -292,7 +296,8 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
           f"pretrained_{variant}",
           f"pretrained.py:{variant}",
           RATTLE_ROWS[variant],
-          [s for s in sorted(seeds) if s in RATTLE_SEEDS],
+          seeds,
+          RATTLE_SEEDS,
           prepare,
         )
     elif row == "pretrained_no_strain":

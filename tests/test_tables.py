@@ -97,9 +97,11 @@ def test_reproduce_lists_every_row_of_the_paper():
   (seed_1,) = [job for job in jobs if job.workdir == "pretrained_seed_1"]
   assert seed_1.config == "experiments/configs/pretrained.py:,1"
   assert [ev.row for ev in seed_1.evaluations] == ["GNN (shipped)"]
-  assert reproduce._seeded("x", "pretrained.py", "row", ["0", "2"], ())[1].config == (
-    "experiments/configs/pretrained.py:,2"
-  )
+  seeded = reproduce._seeded("x", "pretrained.py", "row", {"2", "0", "1"}, ("0", "2"), ())
+  assert [job.config for job in seeded] == [
+    "experiments/configs/pretrained.py",
+    "experiments/configs/pretrained.py:,2",
+  ]
   with pytest.raises(Exception, match="unknown row"):
     reproduce.jobs(["tabel1"], "cpu", {"0"})
 

@@ -53,7 +53,8 @@ import ml_collections
 
 from experiments.configs import data, default, stress_heads
 
-#: The shipped model's neighbour cutoff (Å); the variants keep ``default.py``'s 4 Å.
+#: Neighbour cutoff (Å) of the shipped config and ``SHIPPED_VARIANTS``; the others keep
+#: ``default.py``'s 4 Å.
 CUTOFF = 5.0
 EPOCHS = 45
 #: Epochs of ``long`` (the shipped config trained on).
