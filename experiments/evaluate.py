@@ -74,7 +74,7 @@ def _force_field():
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from crystal_search import evaluation, metrics, plots
+  from crystal_search import evaluation, metrics, plots, relax
   from crystal_search.datasets import frames as frames_lib
 
   dataset = _dataset_path()
@@ -98,6 +98,12 @@ def main(argv: list[str]) -> None:
     "data_version": evaluation.test_data_version(dataset),
     "max_frames": _MAX_FRAMES.value,
     "max_trajectories": _MAX_TRAJ.value,
+  }
+  # The relaxer's failure thresholds shape the trajectory metrics (a run flagged as failed
+  # stops); eval.json files without this key were made with the flat 0.5 Å overlap check.
+  relax_defaults = relax.get_relax_config()
+  report["relax_checks"] = {
+    key: relax_defaults[key] for key in ("min_distance", "overlap_fraction", "min_cell_height")
   }
   t0 = time.perf_counter()
   curves: dict[str, list[float]] = {}

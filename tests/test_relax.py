@@ -207,6 +207,8 @@ def test_config_validation():
     relax.make_config(max_steps=0)
   with pytest.raises(InputError, match="min_cell_height"):
     relax.make_config(min_distance=1.0, min_cell_height=1.5)
+  with pytest.raises(InputError, match="overlap_fraction"):
+    relax.make_config(overlap_fraction=1.5)
   c = relax.make_config({"potim": 0.2}, fmax=1)
   assert c.potim == 0.2 and c.fmax == 1.0 and c.smass == 2.0
 
@@ -254,6 +256,69 @@ def test_failures_are_flagged_and_the_batch_is_unaffected():
   for r, a in zip((r_good0, r_good1), alone):
     assert r.converged and not r.failed and r.steps == a.steps
     np.testing.assert_allclose(r.trajectory["positions"], a.trajectory["positions"], atol=1e-5)
+
+
+def _li_si_pair(distance: float) -> Structure:
+  """Bcc-like Li-Si cell (a = 3.0 Å) with the Si moved to ``distance`` Å of the Li."""
+  return Structure(Lattice.cubic(3.0), ["Li", "Si"], [[0, 0, 0], [distance / 3.0, 0, 0]])
+
+
+def test_overlap_ratio_is_element_aware_and_sees_every_image():
+  from ase.data import covalent_radii
+
+  from crystal_search import crystals as crystals_lib
+
+  rng = np.random.default_rng(3)
+  structures = []
+  for _ in range(4):  # skewed cells, atoms near the faces: the closest image is not the wrapped one
+    lattice = np.diag(rng.uniform(2.2, 3.2, 3)) + rng.uniform(-1.0, 1.0, (3, 3)) * (1 - np.eye(3))
+    frac = rng.uniform(-0.1, 1.1, (5, 3))
+    structures.append(Structure(Lattice(lattice), ["Li", "Si", "Li", "Si", "Li"], frac))
+  batch = crystals_lib.from_structures(structures)
+  d = np.asarray(relax.pair_distances(batch))
+  ratio = np.asarray(relax.overlap_ratio(batch, min_distance=0.5, overlap_fraction=0.5))
+  for b, s in enumerate(structures):
+    expected = s.distance_matrix  # pymatgen: the shortest over all images
+    height = float(np.min(crystals_lib.cell_heights(s.lattice.matrix)))
+    off = ~np.eye(len(s), dtype=bool)
+    near = off & (expected < height)
+    np.testing.assert_allclose(d[b, : len(s), : len(s)][near], expected[near], rtol=1e-5, atol=1e-5)
+    r = np.array([covalent_radii[site.specie.Z] for site in s])
+    threshold = np.maximum(0.5 * (r[:, None] + r[None, :]), 0.5)
+    np.testing.assert_allclose(ratio[b], np.min((expected / threshold)[off]), rtol=1e-5)
+  heights = [float(np.min(crystals_lib.cell_heights(s.lattice.matrix))) for s in structures]
+  assert min(heights) < 2 * 1.28  # this batch takes the 27-image branch; a thick one does not
+  thick = [Structure(Lattice.cubic(6.0), s.species, s.frac_coords) for s in structures]
+  ratio = np.asarray(relax.overlap_ratio(crystals_lib.from_structures(thick)))
+  for b, s in enumerate(thick):
+    r = np.array([covalent_radii[site.specie.Z] for site in s])
+    threshold = np.maximum(0.5 * (r[:, None] + r[None, :]), 0.5)
+    off = ~np.eye(len(s), dtype=bool)
+    np.testing.assert_allclose(ratio[b], np.min((s.distance_matrix / threshold)[off]), rtol=1e-5)
+  # A sheared cell 1.3 Å thick: the wrapped difference puts Si 1.75 Å from Li, an image 0.94 Å.
+  sheared = Lattice([[2.6, 0, 0], [2.2, 1.3, 0], [0, 0, 4.0]])
+  s = Structure(sheared, ["Li", "Si"], [[0, 0, 0], [0.45, 0.25, 0]])
+  assert s.distance_matrix[0, 1] < 0.94
+  ratio = np.asarray(relax.overlap_ratio(crystals_lib.from_structures([s])))
+  np.testing.assert_allclose(ratio, [s.distance_matrix[0, 1] / 1.195], rtol=1e-4)
+  # Li-Si: 0.5 * (1.28 + 1.11) = 1.195 Å.
+  pairs = crystals_lib.from_structures([_li_si_pair(0.86), _li_si_pair(1.30)])
+  ratio = np.asarray(relax.overlap_ratio(pairs, min_distance=0.5, overlap_fraction=0.5))
+  np.testing.assert_allclose(ratio, [0.86 / 1.195, 1.30 / 1.195], rtol=1e-4)
+  flat = np.asarray(relax.overlap_ratio(pairs, min_distance=0.5, overlap_fraction=0.0))
+  np.testing.assert_allclose(flat, [0.86 / 0.5, 1.30 / 0.5], rtol=1e-4)
+
+
+def test_a_close_li_si_contact_fails_as_overlap_and_a_looser_one_relaxes():
+  """0.86 Å Li-Si (what a 4-block model once returned "converged") is flagged by the default
+  element-aware threshold, not by the flat 0.5 Å one; 1.30 Å starts and is pushed apart."""
+  close, loose = _li_si_pair(0.86), _li_si_pair(1.30)
+  settings = dict(fmax=0.05, smax=5.0, max_steps=5)
+  r_close, r_loose = relax.relax_structures([close, loose], LJ, **settings)
+  assert r_close.failed and r_close.failure_reason == "overlap" and r_close.steps == 0
+  assert r_loose.steps > 0 and r_loose.failure_reason != "overlap"
+  (r_flat,) = relax.relax_structures([close], LJ, overlap_fraction=0.0, **settings)
+  assert r_flat.steps > 0 and r_flat.failure_reason != "overlap"
 
 
 def test_volume_and_cell_collapse_failures():

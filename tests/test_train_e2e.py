@@ -167,6 +167,11 @@ def test_evaluate_binary_records_what_it_measured(finished_run, tmp_path):
   report = json.loads((out_dir / "eval.json").read_text())
   assert report["name"] == "tiny" and report["max_frames"] == 5
   assert "CPUs" in report["machine"]  # make_tables names the machines of its evaluations
+  assert report["relax_checks"] == {
+    "min_distance": 0.5,
+    "overlap_fraction": 0.5,
+    "min_cell_height": 1.0,
+  }
   assert report["test"]["frames"] == 5 and report["holdout"]["frames"] == 5  # 12 and 6 on disk
   assert np.isfinite(report["test"]["force_mae"]) and np.isfinite(report["test"]["stress_mae"])
   from crystal_search.evaluation import test_data_version
