@@ -8,8 +8,9 @@ of ``--strain`` std, seeded) are relaxed through our relaxer with the teacher's 
 POTIM=0.4, positions and cell, fmax 0.05 eV/Å, ``--max_steps``) by the shipped model (or
 ``--model``) and by CHGNet (the teacher), and each final structure is compared with the phase
 (:func:`crystal_search.metrics.default_matcher`).  The closest interatomic contact (Å) of each
-start and final is recorded, so that a final with atoms pressed together is seen even when the
-relaxer's flat overlap threshold (``min_distance``) lets it pass.
+start and final is recorded (a relaxation whose atoms come closer than half the sum of their
+covalent radii, 1.20 Å for Li–Si, stops as "overlap" at its last good step: the relaxer's
+``overlap_fraction``).
 
     python benchmarks/known_phase_basins.py --out benchmarks/results/known_phase_basins.json
 """
