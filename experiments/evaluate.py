@@ -10,6 +10,9 @@ Writes ``eval.json`` and ``eval.md`` (into the workdir, or ``--output_dir``):
 
 Baselines use the same code: ``--force_field=meam`` (2NN MEAM) or ``--model=DIR`` for any saved
 model (an energy model is differentiated by finite differences unless ``--derivative=autodiff``).
+Committees (:mod:`crystal_search.force_fields.ensemble`): ``--model=DIR1,DIR2`` evaluates the
+mean of several models (e.g. seeds), ``--rotations=quarter|cube`` the mean of each over rotated
+copies of every cell.
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ from crystal_search.errors import InputError
 from experiments.common import machine_name, run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (model/ and run.json).")
-_MODEL = flags.DEFINE_string("model", None, "Model directory (default: WORKDIR/model).")
+_MODEL = flags.DEFINE_list(
+  "model", None, "Model directory (default: WORKDIR/model); several: their mean (an ensemble)."
+)
+_ROTATIONS = flags.DEFINE_enum(
+  "rotations",
+  "none",
+  ["none", "quarter", "cube"],
+  "Average each force/stress model over rotated copies of every cell: the identity and the six "
+  "90-degree turns (quarter, 7x the cost) or the 24 rotations of the cube (cube, 24x).",
+)
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset directory (default: from run.json).")
 _FORCE_FIELD = flags.DEFINE_enum(
   "force_field", "model", ["model", "meam", "chgnet"], "What is evaluated."
@@ -63,12 +75,21 @@ def _force_field():
     from crystal_search.force_fields.chgnet import CHGNetForceField
 
     return CHGNetForceField()
+  from crystal_search.force_fields import ensemble
   from crystal_search.force_fields import model as model_ff
 
-  path = _MODEL.value or (os.path.join(_WORKDIR.value, "model") if _WORKDIR.value else None)
-  if not path or not os.path.isdir(path):
-    raise InputError(f"{path}: no model directory (pass --workdir or --model)")
-  return model_ff.from_directory(path, derivative=_DERIVATIVE.value)
+  paths = _MODEL.value or ([os.path.join(_WORKDIR.value, "model")] if _WORKDIR.value else [None])
+  members = []
+  for path in paths:
+    if not path or not os.path.isdir(path):
+      raise InputError(f"{path}: no model directory (pass --workdir or --model)")
+    members.append(model_ff.from_directory(path, derivative=_DERIVATIVE.value))
+  rotations = None if _ROTATIONS.value == "none" else _ROTATIONS.value
+  if rotations and not all(isinstance(m, model_ff.ModelForceField) for m in members):
+    raise InputError("--rotations: only force/stress models are averaged over rotations")
+  if len(members) == 1 and not rotations:
+    return members[0]
+  return ensemble.committee(members, rotations=rotations)
 
 
 def main(argv: list[str]) -> None:
@@ -99,6 +120,8 @@ def main(argv: list[str]) -> None:
     "max_frames": _MAX_FRAMES.value,
     "max_trajectories": _MAX_TRAJ.value,
   }
+  if _FORCE_FIELD.value == "model" and (len(_MODEL.value or ()) > 1 or _ROTATIONS.value != "none"):
+    report["committee"] = {"models": list(_MODEL.value or ()), "rotations": _ROTATIONS.value}
   # The relaxer's failure thresholds shape the trajectory metrics (a run flagged as failed
   # stops); eval.json files without this key were made with the flat 0.5 Å overlap check.
   relax_defaults = relax.get_relax_config()

@@ -228,6 +228,42 @@ def set_normalization(variables: dict, *, force_mean, force_std, stress_mean, st
   return {**variables, "normalization": norm}
 
 
+def equivariant_outputs(config: ml_collections.ConfigDict) -> tuple[bool, bool]:
+  """``(forces, stress)``: whether the network's standardised output is rotation-equivariant by
+  construction (edge force head / virial stress head on rotation-invariant ``rbf`` edges)."""
+  invariant_edges = config.edge_inputs == "rbf"
+  return (
+    invariant_edges and config.force_head == "edge",
+    invariant_edges and config.stress_head == "virial",
+  )
+
+
+def output_normalization(config: ml_collections.ConfigDict, norm: dict) -> dict:
+  """The de-standardisation constants that :func:`apply` uses.
+
+  The trainer stores one mean over all nine stress components (and over the three force
+  components), broadcast to ``[3, 3]`` (``[3]``).  Added to an equivariant output, such a
+  constant breaks equivariance: ``m`` on the off-diagonal components does not rotate with the
+  cell.  For equivariant outputs (:func:`equivariant_outputs`) the constant is replaced by its
+  rotation average, ``tr(mean) / 3 * I`` for stress and zero for forces, with the std averaged
+  over components: exactly the model averaged over the 24 rotations of the cube
+  (:class:`crystal_search.force_fields.ensemble.RotationAveragedForceField`), at the cost of
+  one call.  Pressure (``-tr(sigma) / 3``) is unchanged; the networks and their training are
+  unchanged (the loss is taken on standardised outputs and targets).
+  """
+  forces_eq, stress_eq = equivariant_outputs(config)
+  out = dict(norm)
+  if stress_eq:
+    mean = jnp.asarray(norm["stress_mean"])
+    out["stress_mean"] = jnp.trace(mean) / 3.0 * jnp.eye(3, dtype=mean.dtype)
+    out["stress_std"] = jnp.full((3, 3), jnp.mean(norm["stress_std"]), mean.dtype)
+  if forces_eq:
+    mean = jnp.asarray(norm["force_mean"])
+    out["force_mean"] = jnp.zeros_like(mean)
+    out["force_std"] = jnp.full((3,), jnp.mean(norm["force_std"]), mean.dtype)
+  return out
+
+
 def normalize_targets(variables: dict, forces: jax.Array, stress: jax.Array):
   """Standardise targets: ``forces [B, N, 3]`` eV/Å, ``stress [B, 3, 3]`` kBar -> same shapes."""
   n = variables["normalization"]
@@ -258,7 +294,7 @@ def apply(
   """
   graph, overflow = make_graph(config, crystals, capacity=capacity)
   fn, sn = apply_graph(config, variables["params"], graph)
-  n = variables["normalization"]
+  n = output_normalization(config, variables["normalization"])
   mask = jnp.asarray(crystals.mask)[..., None]
   real = (jnp.asarray(crystals.n_atoms) > 0)[:, None, None]
   forces = jnp.where(mask, fn * n["force_std"] + n["force_mean"], 0.0)
