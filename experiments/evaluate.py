@@ -120,6 +120,11 @@ def main(argv: list[str]) -> None:
     "max_frames": _MAX_FRAMES.value,
     "max_trajectories": _MAX_TRAJ.value,
   }
+  if _FORCE_FIELD.value == "model":
+    # Force/stress networks with equivariant heads add the rotation average of the trainer's
+    # output offsets (crystal_search.models.force_stress.output_normalization); an eval.json
+    # without this key used the offsets as stored (make_tables marks such rows).
+    report["output_offsets"] = "rotation-averaged"
   if _FORCE_FIELD.value == "model" and (len(_MODEL.value or ()) > 1 or _ROTATIONS.value != "none"):
     report["committee"] = {"models": list(_MODEL.value or ()), "rotations": _ROTATIONS.value}
   # The relaxer's failure thresholds shape the trajectory metrics (a run flagged as failed

@@ -78,6 +78,32 @@ def row_name(run_dir: str, report: dict) -> str:
   return f"GNN noise={float(config.get('augment', {}).get('noise_std', 0)):g}"
 
 
+#: Footnote of rows with an evaluation made before the output offsets of equivariant heads were
+#: rotation-averaged (``crystal_search.models.force_stress.output_normalization``).
+RAW_OFFSETS_NOTE = (
+  "†: evaluated (some or all seeds) with the trainer's output offsets as stored, before session "
+  "11: one stress mean broadcast to all nine components, which a rotation-equivariant network "
+  "cannot follow; with its rotation average (now used) the same trained models measure a lower "
+  "stress MAE (the shipped model: see the README), the same force MAE, and pressure unchanged."
+)
+
+
+def raw_offsets(run_dir: str, report: dict) -> bool:
+  """Whether an evaluation of an equivariant force/stress network (``run.json``: ``rbf`` edges
+  with the virial stress head or the edge force head) predates the rotation-averaged output
+  offsets (no ``output_offsets`` in its ``eval.json``)."""
+  run_file = os.path.join(run_dir, "run.json")
+  if report.get("output_offsets") or not os.path.exists(run_file):
+    return False
+  with open(run_file) as f:
+    config = json.load(f)["config"]
+  model = config.get("model", {})
+  equivariant = model.get("edge_inputs") == "rbf" and (
+    model.get("stress_head") == "virial" or model.get("force_head") == "edge"
+  )
+  return config.get("model_kind", "force_stress") == "force_stress" and equivariant
+
+
 def train_seconds(run_dir: str) -> float | None:
   """Training wall time (s): the ``seconds`` column of ``metrics.csv`` in the evaluation folder's
   run directory (its parent) or the folder itself; None for untrained baselines."""
@@ -105,6 +131,7 @@ def summarize(runs: list[tuple[str, dict]]) -> dict:
       hold[key] = summarize_seeds(values)
     row["holdout"] = hold
     row["seeds"] = len(reports)
+    row["raw_offsets"] = sum(bool(r.get("raw_offsets")) for r in reports)
     row["wall_time_s"] = sum(float(r.get("wall_time_s", 0.0)) for r in reports)
     trained = [r["train_seconds"] for r in reports if r.get("train_seconds") is not None]
     row["train_seconds"] = sum(trained) if trained else None
@@ -132,7 +159,8 @@ def _table(summary: dict, names: list[str], columns, table: str) -> list[str]:
   lines = [f"| row | {head} | paper |", "|---|" + "---:|" * len(columns) + "---|"]
   for name in names:
     cells = " | ".join(get(summary[name]) for _, get in columns)
-    lines.append(f"| {name} | {cells} | {_paper(table, name)} |")
+    mark = " †" if summary[name].get("raw_offsets") else ""
+    lines.append(f"| {name}{mark} | {cells} | {_paper(table, name)} |")
   return lines
 
 
@@ -162,6 +190,8 @@ def tables_markdown(summary: dict, *, machine: str = "", notes=()) -> str:
   if machine:
     lines.append(f"Machine: {machine}.")
   lines += [f"- {note}" for note in notes]
+  if any(row.get("raw_offsets") for row in summary.values()):
+    lines.append(f"- {RAW_OFFSETS_NOTE}")
   lines += ["", "## Table 1: noise sweep on the test set", ""]
   lines += _table(summary, noise + other + meam, four, "table1")
   if table2:
@@ -210,6 +240,7 @@ def main(argv: list[str]) -> None:
     with open(path) as f:
       report = json.load(f)
     report["train_seconds"] = train_seconds(d)
+    report["raw_offsets"] = raw_offsets(d, report)
     runs.append((_ROW_NAMES.value[k] if _ROW_NAMES.value else row_name(d, report), report))
   summary = summarize(runs)
   os.makedirs(_OUT.value, exist_ok=True)

@@ -206,3 +206,40 @@ def test_committed_notes_files_rebuild_their_tables_headers():
     out = os.path.join(root, "results", "" if name == "main.txt" else name[: -len(".txt")])
     with open(os.path.join(out, "summary.json")) as f:
       assert reproduce.read_notes(os.path.join(notes_dir, name)) == json.load(f)["notes"], name
+
+
+def test_rows_evaluated_with_raw_output_offsets_are_marked(tmp_path):
+  """An equivariant force/stress run evaluated before the rotation-averaged output offsets (no
+  ``output_offsets`` in eval.json) is marked †; a re-evaluated seed or a paper head is not."""
+  equivariant = {"edge_inputs": "rbf", "stress_head": "virial", "force_head": "edge"}
+  paper_head = {"edge_inputs": "vector", "stress_head": "plane", "force_head": "node"}
+  runs = []
+  for name, model, new in (
+    ("old", equivariant, False),
+    ("new", equivariant, True),
+    ("plane", paper_head, False),
+  ):
+    report = _report(0.05, 2.0, 0.4, 0.6)
+    if new:
+      report["output_offsets"] = "rotation-averaged"
+    d = _write(tmp_path, name, report)
+    config = {"model_kind": "force_stress", "model": model}
+    (tmp_path / name / "run.json").write_text(json.dumps({"config": config}))
+    runs.append(d)
+  out = tmp_path / "results"
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.make_tables",
+    f"--output_dir={out}",
+    "--runs=" + ",".join(runs),
+  ]
+  cmd += ["--row_names=GNN noise=0,GNN noise=0.01,GNN stress=plane"]
+  subprocess.run(cmd, check=True, capture_output=True, cwd=os.getcwd())
+  summary = json.loads((out / "summary.json").read_text())["rows"]
+  assert [
+    summary[n]["raw_offsets"] for n in ("GNN noise=0", "GNN noise=0.01", "GNN stress=plane")
+  ] == [1, 0, 0]
+  text = (out / "tables.md").read_text()
+  assert "| GNN noise=0 † |" in text and "| GNN noise=0.01 |" in text
+  assert "| GNN stress=plane |" in text and "- †: evaluated" in text
