@@ -163,8 +163,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
-  """A stable short hash of the whole config (identifies a run in a workdir)."""
-  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  """A stable short hash of the whole config (identifies a run in a workdir).
+
+  Model keys added after runs were hashed (``models.config.HASH_NEUTRAL_KEYS``) count only when
+  they differ from the value those runs were built with, so existing runs, exports and archived
+  evaluations keep their hashes.
+  """
+  from crystal_search.models import config as model_config
+
+  d = config.to_dict()
+  if isinstance(d.get("model"), dict):
+    model = dict(d["model"])
+    for key, value in model_config.HASH_NEUTRAL_KEYS.items():
+      if key in model and model[key] == value:
+        del model[key]
+    d["model"] = model
+  text = json.dumps(d, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

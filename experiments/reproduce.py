@@ -38,6 +38,8 @@ Rows (names as in :mod:`experiments.make_tables`):
   model shipped in session 9 (``pretrained.py:blocks4``, ``GNN (4 blocks; shipped in session 9)``);
 * ``pretrained_long``: the shipped config trained for 75 epochs instead of 45
   (``pretrained.py:long``, ``GNN (shipped config; 75 epochs)``);
+* ``pretrained_vectors``: the shipped config with 16 rotation-equivariant vectors per atom in
+  its blocks (``pretrained.py:vectors``, ``GNN (shipped config; 16 vector channels)``);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
   heads trained with the shipped budget (``pretrained.py:HEAD``,
   ``GNN stress=HEAD (shipped budget)``): Table 5 at the shipped model's budget.
@@ -85,6 +87,7 @@ ROWS = (
   "pretrained_cutoff4",
   "pretrained_blocks4",
   "pretrained_long",
+  "pretrained_vectors",
 )
 
 #: Rows of ``pretrained.py:rattle|rattle_small`` (the shipped config with displaced copies), and
@@ -101,6 +104,7 @@ STRAIN_ROWS = {
   "pretrained_cutoff4": ("pretrained.py:cutoff4", "GNN (4 Å cutoff; shipped in sessions 7-8)"),
   "pretrained_blocks4": ("pretrained.py:blocks4", "GNN (4 blocks; shipped in session 9)"),
   "pretrained_long": ("pretrained.py:long", "GNN (shipped config; 75 epochs)"),
+  "pretrained_vectors": ("pretrained.py:vectors", "GNN (shipped config; 16 vector channels)"),
 }
 #: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).
 STRAIN_SEEDS = {"pretrained": ("0", "1")}

@@ -380,3 +380,58 @@ def test_new_model_keys_validated_and_old_model_json_still_loads():
   del old["force_head"], old["edge_inputs"]
   loaded = config_lib.from_dict(old)
   assert loaded.force_head == "node" and loaded.edge_inputs == "vector"
+
+
+def test_vector_channels_are_equivariant_continuous_and_used():
+  """PaiNN-style vectors in the trunk: F -> R F, S -> R S R^T exactly; continuous at the
+  cutoff; and the vectors do contribute (zeroing their force read-out changes the forces)."""
+  from scipy.spatial.transform import Rotation
+
+  config = small_config(force_head="edge", stress_head="virial", edge_inputs="rbf")
+  config.vector_channels = 4
+  s = random_structure(4, 7)
+  rot = Rotation.random(random_state=3).as_matrix()
+  rotated = Structure(Lattice(s.lattice.matrix @ rot.T), s.species, s.frac_coords)
+  batch = batch_of([s, rotated])
+  variables = force_stress.init(config, jax.random.PRNGKey(5), batch)
+  assert "vector_filter" in variables["params"]["MEGNet_0"]["MEGNetBlock_1"]
+  pred = predict(config, variables, batch)
+  f, f_rot = np.asarray(pred.forces[0, :7]), np.asarray(pred.forces[1, :7])
+  scale_f = np.abs(f).max()
+  assert scale_f > 1e-3
+  np.testing.assert_allclose(f @ rot.T, f_rot, atol=1e-4 * scale_f)
+  stress, stress_rot = np.asarray(pred.stress[0]), np.asarray(pred.stress[1])
+  np.testing.assert_allclose(rot @ stress @ rot.T, stress_rot, atol=1e-4 * np.abs(stress).max())
+  # The vectors' read-out is part of the forces.
+  params = jax.tree_util.tree_map(lambda x: x, variables["params"])
+  params["force_vectors"] = {"kernel": jnp.zeros_like(params["force_vectors"]["kernel"])}
+  without = predict(config, {**variables, "params": params}, batch)
+  assert np.abs(np.asarray(without.forces[0, :7]) - f).max() > 1e-3 * scale_f
+  # The scalar states read the vectors: zeroing their filters changes the stress.
+  params = jax.tree_util.tree_map(lambda x: x, variables["params"])
+  for k in range(config.num_blocks):
+    block = dict(params["MEGNet_0"][f"MEGNetBlock_{k}"])
+    block["vector_filter"] = jax.tree_util.tree_map(jnp.zeros_like, block["vector_filter"])
+    params["MEGNet_0"] = {**params["MEGNet_0"], f"MEGNetBlock_{k}": block}
+  no_vectors = predict(config, {**variables, "params": params}, batch)
+  assert np.abs(np.asarray(no_vectors.stress[0]) - stress).max() > 1e-5 * np.abs(stress).max()
+  # Continuous when an atom crosses the cutoff.
+  lattice = Lattice.cubic(12.0)
+  pair = [
+    Structure(lattice, ["Si", "Li", "Li"], [[0, 0, 0], [x / 12, 0, 0], [0, 0.2, 0]])
+    for x in (3.999, 4.0005)
+  ]
+  crossing = batch_of(pair, batch_size=2)
+  p = predict(config, force_stress.init(config, jax.random.PRNGKey(0), crossing), crossing)
+  assert np.abs(np.asarray(p.forces[0] - p.forces[1])).max() < 1e-4
+  assert np.abs(np.asarray(p.stress[0] - p.stress[1])).max() < 1e-3
+
+
+def test_vector_channels_validated():
+  with pytest.raises(InputError, match="vector_channels"):
+    config_lib.validate_config(small_config(vector_channels=-1))
+  with pytest.raises(InputError, match="vector_channels.*rbf"):
+    config_lib.validate_config(small_config(vector_channels=4))  # the paper's vector edges
+  old = config_lib.get_model_config().to_dict()
+  del old["vector_channels"]
+  assert config_lib.from_dict(old).vector_channels == 0

@@ -252,6 +252,7 @@ def _config(name, arg=None):
     ("pretrained", "cutoff4"),
     ("pretrained", "blocks4"),
     ("pretrained", "long"),
+    ("pretrained", "vectors"),
   ],
 )
 def test_every_experiment_config_is_valid(name, arg):
@@ -306,6 +307,12 @@ def test_config_values_of_the_paper():
   shipped = _config("pretrained").to_dict()
   assert long.pop("num_epochs") == 75 and shipped.pop("num_epochs") == 45
   assert long == shipped
+  shipped = _config("pretrained").to_dict()
+  vectors = _config("pretrained", "vectors").to_dict()
+  assert (
+    vectors["model"].pop("vector_channels") == 16 and shipped["model"].pop("vector_channels") == 0
+  )
+  assert vectors == shipped
   assert _config("pretrained", "no_strain").model.cutoff == 4.0
 
 

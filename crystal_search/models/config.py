@@ -12,7 +12,10 @@ STRESS_HEADS = ("plane", "corner", "global", "virial")
 FORCE_HEADS = ("node", "edge")
 EDGE_INPUTS = ("vector", "rbf")
 #: Keys added after the first models were saved, with the value those models were built with.
-ADDED_KEYS = {"force_head": "node", "edge_inputs": "vector"}
+ADDED_KEYS = {"force_head": "node", "edge_inputs": "vector", "vector_channels": 0}
+#: Added keys left out of :func:`crystal_search.training.config_hash` at these values (keys
+#: added after runs were hashed: the hashes of those runs stay what they were).
+HASH_NEUTRAL_KEYS = {"vector_channels": 0}
 ACTIVATIONS = ("softplus", "silu")
 DTYPES = ("float32", "float64")
 DERIVATIVES = ("fd", "autodiff")
@@ -42,6 +45,10 @@ def get_model_config() -> ml_collections.ConfigDict:
       (Gaussians of ``|r|`` with a smooth cutoff: rotation invariant; meant for the
       'virial'/'global' stress heads, since plane/corner edges longer than the cutoff
       get zero weight).
+    vector_channels: rotation-equivariant vectors per atom carried through the blocks
+      (ours, after PaiNN; 0 = none, the paper's MEGNet).  They bring bond angles into the atom
+      states and add a term to the ``'edge'`` force head; need ``edge_inputs='rbf'``
+      (:class:`crystal_search.models.megnet.MEGNetBlock`).
     activation: ``'softplus'`` or ``'silu'``.
     set2set_steps: processing steps of every set2set readout.
     dtype: ``'float32'`` or ``'float64'`` (parameters and computation).
@@ -61,6 +68,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   c.stress_head = "plane"
   c.force_head = "node"
   c.edge_inputs = "vector"
+  c.vector_channels = 0
   c.activation = "softplus"
   c.set2set_steps = 3
   c.dtype = "float32"
@@ -111,6 +119,13 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   need(len(set(elements)) == len(elements), "elements", "has duplicates")
   for key in ("embed_dim", "num_blocks", "width", "set2set_steps", "energy.fd_chunk"):
     need(isinstance(given[key], int) and given[key] >= 1, key, "must be a positive integer")
+  channels = given["vector_channels"]
+  need(isinstance(channels, int) and channels >= 0, "vector_channels", "must be an integer >= 0")
+  need(
+    channels == 0 or given["edge_inputs"] == "rbf",
+    "vector_channels",
+    "needs edge_inputs='rbf' (rotation-invariant, smooth edges)",
+  )
   need(isinstance(given["max_images"], int) and given["max_images"] >= 1, "max_images", ">= 1")
   widths = given["head_widths"]
   need(

@@ -62,11 +62,12 @@ class EnergyNet(nn.Module):
   set2set_steps: int = 3
   edge_inputs: str = "vector"
   cutoff: float = 4.0
+  vector_channels: int = 0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, graph: jraph.GraphsTuple) -> jax.Array:
-    v, e, u = megnet.MEGNet(
+    v, e, u, *_ = megnet.MEGNet(
       self.elements,
       self.embed_dim,
       self.num_blocks,
@@ -75,6 +76,7 @@ class EnergyNet(nn.Module):
       num_fictitious=0,
       edge_inputs=self.edge_inputs,
       cutoff=self.cutoff,
+      vector_channels=self.vector_channels,
       dtype=self.dtype,
     )(graph)
     pooled = megnet.set2set_readout(v, e, graph, steps=self.set2set_steps, dtype=self.dtype)

@@ -100,6 +100,7 @@ class ForceStressNet(nn.Module):
   edge_inputs: str = "vector"
   cutoff: float = 4.0
   set2set_steps: int = 3
+  vector_channels: int = 0
   dtype: jnp.dtype = jnp.float32
 
   def _edge_scalars(self, name, v, e, u, graph, num_graphs, weight):
@@ -113,7 +114,7 @@ class ForceStressNet(nn.Module):
   @nn.compact
   def __call__(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
     p = 3 if self.stress_head in ("plane", "corner") else 0
-    v, e, u = megnet.MEGNet(
+    v, e, u, *vec = megnet.MEGNet(
       self.elements,
       self.embed_dim,
       self.num_blocks,
@@ -123,6 +124,7 @@ class ForceStressNet(nn.Module):
       plane_inputs=self.stress_head == "global",
       edge_inputs=self.edge_inputs,
       cutoff=self.cutoff,
+      vector_channels=self.vector_channels,
       dtype=self.dtype,
     )(graph)
     b = graph.n_node.shape[0]
@@ -144,6 +146,11 @@ class ForceStressNet(nn.Module):
     else:
       w = self._edge_scalars("force", v, e, u, graph, b, envelope)
       per_node = jax.ops.segment_sum(w * unit, graph.receivers, num_segments=v.shape[0])
+      if vec:  # plus a linear combination of the atom's equivariant vectors
+        mixed = nn.Dense(
+          1, use_bias=False, dtype=self.dtype, param_dtype=self.dtype, name="force_vectors"
+        )
+        per_node = per_node + mixed(jnp.swapaxes(vec[0], 1, 2))[..., 0]
       forces = per_node.reshape(b, per, 3)[:, :n]
     forces = forces * graph.nodes["real"].reshape(b, per)[:, :n, None]
     # Stress.

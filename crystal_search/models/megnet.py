@@ -126,11 +126,21 @@ class MEGNetBlock(nn.Module):
   padding) the block is *smooth*: nodes sum their incoming edges weighted by it and divided by
   :data:`SMOOTH_NEIGHBORS`, and the global state takes envelope-weighted edge means, so the
   outputs are continuous when an atom crosses the cutoff (MEGNet's plain means are not).
+
+  With ``vector_channels`` ``C > 0`` (ours, after PaiNN, Schütt et al. 2021) each atom also
+  carries ``C`` Cartesian vectors ``vec [V, C, 3]`` (Å-free, rotating with the cell).  The block
+  first sends them along the edges, filtered by the new edge state (rotation-invariant):
+  ``vec_i += sum_j env_ij (a_ij * vec_j + b_ij * r_ij / |r_ij|) / SMOOTH_NEIGHBORS``; the node
+  update then also reads the invariants ``|V vec_i|`` and ``<U vec_i, V vec_i>`` (``U``, ``V``
+  linear maps of the channels), which carry bond angles that the distance-only edges cannot;
+  last, ``vec_i += g(v_new_i) * U vec_i``.  Scalars stay rotation-invariant, vectors
+  equivariant.
   """
 
   width: int
   act: str = "softplus"
   dtype: jnp.dtype = jnp.float32
+  vector_channels: int = 0
 
   @nn.compact
   def __call__(
@@ -140,7 +150,9 @@ class MEGNetBlock(nn.Module):
     u: jax.Array,
     graph: jraph.GraphsTuple,
     edge_weight: jax.Array | None = None,
-  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    vec: jax.Array | None = None,
+  ) -> tuple[jax.Array, jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(v, e, u)`` updated, and ``vec`` ``[V, C, 3]`` when ``vector_channels`` is set."""
     num_graphs = graph.n_node.shape[0]
     num_nodes = v.shape[0]
     node_mask = graph.nodes["mask"][:, None].astype(v.dtype)
@@ -159,7 +171,32 @@ class MEGNetBlock(nn.Module):
       weighted = e_new * edge_weight
       agg = jax.ops.segment_sum(weighted, graph.receivers, num_segments=num_nodes)
       agg = agg / SMOOTH_NEIGHBORS
-    v_new = mlp()(jnp.concatenate([agg, v, u_nodes], axis=-1)) * node_mask
+    node_in = [agg, v, u_nodes]
+    c = self.vector_channels
+    if c:
+      if edge_weight is None or vec is None:
+        raise ValueError("vector channels need smooth (rbf) edges and the atoms' vectors")
+      vectors = graph.edges["vectors"].astype(self.dtype)
+      unit = vectors / jnp.maximum(graphs.safe_norm(vectors), 1e-9)  # zero on padding edges
+      dense = lambda k, name, bias=True: nn.Dense(
+        k, use_bias=bias, dtype=self.dtype, param_dtype=self.dtype, name=name
+      )
+      filters = dense(2 * c, "vector_filter")(e_new) * edge_weight
+      a, b = filters[:, :c, None], filters[:, c:, None]
+      message = a * vec[graph.senders] + b * unit[:, None, :]  # [Ed, C, 3]
+      vec = vec + jax.ops.segment_sum(message, graph.receivers, num_segments=num_nodes) / (
+        SMOOTH_NEIGHBORS
+      )
+      # Channel mixing acts on the C axis only, so it commutes with rotations.
+      mix_u = dense(c, "vector_mix_u", bias=False)(jnp.swapaxes(vec, 1, 2))  # [V, 3, C]
+      mix_v = dense(c, "vector_mix_v", bias=False)(jnp.swapaxes(vec, 1, 2))
+      norms = graphs.safe_norm(jnp.swapaxes(mix_v, 1, 2))[..., 0]  # [V, C]
+      dots = jnp.sum(mix_u * mix_v, axis=1)  # [V, C]
+      node_in += [norms, dots]
+    v_new = mlp()(jnp.concatenate(node_in, axis=-1)) * node_mask
+    if c:
+      gate = nn.Dense(c, dtype=self.dtype, param_dtype=self.dtype, name="vector_gate")(v_new)
+      vec = (vec + gate[:, :, None] * jnp.swapaxes(mix_u, 1, 2)) * node_mask[:, :, None]
     # The global state reads real atoms and real edges only.
     v_mean = _per_graph_mean(v_new, graph.nodes["real"], num_graphs)
     if edge_weight is None:
@@ -170,6 +207,8 @@ class MEGNetBlock(nn.Module):
       e_mean = jnp.sum(es * w, axis=1) / (jnp.sum(w, axis=1) + 1.0)
     u_new = mlp()(jnp.concatenate([e_mean, v_mean, u], axis=-1))
     u_new = u_new * graph.globals["mask"][:, None].astype(u.dtype)
+    if c:
+      return v + v_new, e + e_new, u + u_new, vec
     return v + v_new, e + e_new, u + u_new
 
 
@@ -184,6 +223,9 @@ class MEGNet(nn.Module):
     edge_inputs: ``'vector'`` (the paper: ``(r_ij, |r_ij|, |r_ij|^2)``, not rotation
       invariant) or ``'rbf'`` (``num_rbf`` Gaussians of ``|r_ij|`` times the cosine
       envelope of ``cutoff`` Å: rotation invariant, and every block smooth at the cutoff).
+    vector_channels: equivariant vectors per atom (0: none, MEGNet as published); see
+      :class:`MEGNetBlock`.  Needs ``edge_inputs='rbf'``.  With them :meth:`__call__` also
+      returns the atoms' vectors.
   """
 
   elements: tuple[str, ...]
@@ -196,11 +238,14 @@ class MEGNet(nn.Module):
   edge_inputs: str = "vector"
   cutoff: float = 4.0
   num_rbf: int = 16
+  vector_channels: int = 0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns ``(nodes [V, width], edges [Ed, width], globals [B, width])``."""
+  def __call__(self, graph: jraph.GraphsTuple):
+    """Returns ``(nodes [V, width], edges [Ed, width], globals [B, width])``, and with
+    ``vector_channels`` ``C`` also ``vectors [V, C, 3]`` (rotation-equivariant, zero on
+    padding)."""
     num_graphs = graph.n_node.shape[0]
     table = jnp.asarray(element_table(self.elements))
     kind = graph.nodes["kind"]
@@ -229,9 +274,16 @@ class MEGNet(nn.Module):
     e = MLP((self.width,), self.act, dtype=self.dtype)(features)
     e = e * edge_mask
     u = jnp.zeros((num_graphs, self.width), self.dtype)  # global state starts at 0
+    c = self.vector_channels
+    if not c:
+      for _ in range(self.num_blocks):
+        v, e, u = MEGNetBlock(self.width, self.act, self.dtype)(v, e, u, graph, weight)
+      return v, e, u
+    vec = jnp.zeros((v.shape[0], c, 3), self.dtype)  # vectors start at 0
     for _ in range(self.num_blocks):
-      v, e, u = MEGNetBlock(self.width, self.act, self.dtype)(v, e, u, graph, weight)
-    return v, e, u
+      block = MEGNetBlock(self.width, self.act, self.dtype, vector_channels=c)
+      v, e, u, vec = block(v, e, u, graph, weight, vec)
+    return v, e, u, vec
 
 
 class Set2Set(nn.Module):
@@ -283,6 +335,7 @@ def module_kwargs(config) -> dict:
     set2set_steps=config.set2set_steps,
     edge_inputs=config.edge_inputs,
     cutoff=float(config.cutoff),
+    vector_channels=int(config.vector_channels),
     dtype=jnp.dtype(config.dtype),
   )
 

@@ -24,6 +24,10 @@ in session 9 (row ``GNN (4 blocks; shipped in session 9)``), ~125 s an epoch.
 more halvings of the learning rate; row ``GNN (shipped config; 75 epochs)``; not yet run): the
 validation stress error was still falling at epoch 45; its first 45 epochs can be the shipped
 run's, resumed.
+``pretrained.py:vectors`` is the shipped config with ``VECTOR_CHANNELS`` (16) rotation-equivariant
+vectors per atom carried through the 6 blocks (PaiNN-style, ``model.vector_channels``): the atom
+states then see bond angles, which the distance-only edges cannot (the teacher, CHGNet, has
+explicit three-body terms); row ``GNN (shipped config; 16 vector channels)``.
 
 The other variants (none shipped) keep the 4 Å cutoff of ``default.py:cpu``; the rows named
 ``shipped config; ...`` in the tables are variants of ``cutoff4``, the config shipped when they
@@ -89,8 +93,10 @@ RATTLE_EPOCHS = 24
 RATTLE_HALVING_EPOCHS = 8
 #: The paper's stress heads, trained with the shipped budget on ``data/dataset``.
 PAPER_HEADS = ("plane", "corner", "global")
+#: Equivariant vectors per atom of ``vectors`` (``model.vector_channels``).
+VECTOR_CHANNELS = 16
 #: Variants of the shipped config itself (5 Å, strain data); the others keep 4 Å.
-SHIPPED_VARIANTS = ("blocks4", "long")
+SHIPPED_VARIANTS = ("blocks4", "long", "vectors")
 VARIANTS = (*SHIPPED_VARIANTS, "cutoff4", "no_strain", "wide", *RATTLE_DATA, *PAPER_HEADS)
 
 
@@ -111,8 +117,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.path = STRAIN_DATA if arg in ("", "cutoff4", *SHIPPED_VARIANTS) else data.DEFAULT_PATH
   if arg in ("", *SHIPPED_VARIANTS):
     c.model.cutoff = CUTOFF
-  if arg in ("", "long"):
+  if arg in ("", "long", "vectors"):
     c.model.num_blocks = BLOCKS
+  if arg == "vectors":
+    c.model.vector_channels = VECTOR_CHANNELS
   if arg == "long":
     c.num_epochs = LONG_EPOCHS
   if arg in RATTLE_DATA:
