@@ -320,11 +320,12 @@ def _edge_config():
   return small_config(force_head="edge", stress_head="virial", edge_inputs="rbf")
 
 
-def test_edge_heads_are_rotation_equivariant_and_translation_invariant():
-  """Bond-sum heads on rotation-invariant edges: F -> R F and S -> R S R^T, exactly."""
+def _check_rotation_equivariance(config):
+  """A 7-atom cell and its rotated copy: asserts F -> R F and S -> R S R^T (S symmetric).
+
+  Returns ``(batch, variables, pred, forces [7, 3], stress [3, 3])`` of the pair."""
   from scipy.spatial.transform import Rotation
 
-  config = _edge_config()
   s = random_structure(4, 7)
   rot = Rotation.random(random_state=3).as_matrix()
   rotated = Structure(Lattice(s.lattice.matrix @ rot.T), s.species, s.frac_coords)
@@ -338,6 +339,17 @@ def test_edge_heads_are_rotation_equivariant_and_translation_invariant():
   stress, stress_rot = np.asarray(pred.stress[0]), np.asarray(pred.stress[1])
   np.testing.assert_allclose(stress, stress.T, atol=1e-5 * np.abs(stress).max())
   np.testing.assert_allclose(rot @ stress @ rot.T, stress_rot, atol=1e-4 * np.abs(stress).max())
+  return batch, variables, pred, f, stress
+
+
+def test_edge_heads_are_rotation_equivariant_and_translation_invariant():
+  """Bond-sum heads on rotation-invariant edges: F -> R F and S -> R S R^T, exactly."""
+  from scipy.spatial.transform import Rotation
+
+  config = _edge_config()
+  batch, variables, pred, f, stress = _check_rotation_equivariance(config)
+  scale_f = np.abs(f).max()
+  rot = Rotation.random(random_state=3).as_matrix()
   # The paper's node head on raw vectors is not equivariant (what 90° augmentation is for).
   paper = small_config()
   paper_vars = force_stress.init(paper, jax.random.PRNGKey(5), batch)
@@ -385,23 +397,11 @@ def test_new_model_keys_validated_and_old_model_json_still_loads():
 def test_vector_channels_are_equivariant_continuous_and_used():
   """PaiNN-style vectors in the trunk: F -> R F, S -> R S R^T exactly; continuous at the
   cutoff; and the vectors do contribute (zeroing their force read-out changes the forces)."""
-  from scipy.spatial.transform import Rotation
-
-  config = small_config(force_head="edge", stress_head="virial", edge_inputs="rbf")
+  config = _edge_config()
   config.vector_channels = 4
-  s = random_structure(4, 7)
-  rot = Rotation.random(random_state=3).as_matrix()
-  rotated = Structure(Lattice(s.lattice.matrix @ rot.T), s.species, s.frac_coords)
-  batch = batch_of([s, rotated])
-  variables = force_stress.init(config, jax.random.PRNGKey(5), batch)
+  batch, variables, pred, f, stress = _check_rotation_equivariance(config)
   assert "vector_filter" in variables["params"]["MEGNet_0"]["MEGNetBlock_1"]
-  pred = predict(config, variables, batch)
-  f, f_rot = np.asarray(pred.forces[0, :7]), np.asarray(pred.forces[1, :7])
   scale_f = np.abs(f).max()
-  assert scale_f > 1e-3
-  np.testing.assert_allclose(f @ rot.T, f_rot, atol=1e-4 * scale_f)
-  stress, stress_rot = np.asarray(pred.stress[0]), np.asarray(pred.stress[1])
-  np.testing.assert_allclose(rot @ stress @ rot.T, stress_rot, atol=1e-4 * np.abs(stress).max())
   # The vectors' read-out is part of the forces.
   params = jax.tree_util.tree_map(lambda x: x, variables["params"])
   params["force_vectors"] = {"kernel": jnp.zeros_like(params["force_vectors"]["kernel"])}
