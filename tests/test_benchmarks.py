@@ -136,3 +136,38 @@ def test_a_malformed_previous_report_is_bad_input_and_stays(tmp_path):
   with pytest.raises(InputError, match="report.json: the previous report cannot be read"):
     common.previous_report(str(report))
   assert report.read_text() == '{"runs": ['
+
+
+def test_training_curves_match_epochs_and_time_steps(tmp_path):
+  """Curves compared at the epochs both runs reached; step times as ratios to the first config."""
+  bench = _benchmark("training_curves")
+  header = "epoch,step,learning_rate,train_loss,val_loss,val_force_mae,val_stress_mae,skipped_steps,seconds\n"
+  a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+  a.write_text(header + "1,10,0.001,1,1,0.10,4.0,0,5\n2,20,0.001,1,1,0.08,3.0,0,5\n")
+  b.write_text(header + "1,10,0.001,1,1,0.05,4.0,0,7\n")
+  rows = bench.compare_curves({"a": bench.read_curve(str(a)), "b": bench.read_curve(str(b))})
+  assert [r["epoch"] for r in rows] == [1]
+  assert rows[0]["b.val_force_mae.change"] == pytest.approx(-0.5)
+  assert rows[0]["b.val_stress_mae.change"] == pytest.approx(0.0)
+  from crystal_search.errors import InputError
+
+  (tmp_path / "bad.csv").write_text("not,a,metrics\n1,2,3\n")
+  with pytest.raises(InputError, match="bad.csv"):
+    bench.read_curve(str(tmp_path / "bad.csv"))
+  steps = bench.step_times(
+    [("ref", "experiments/configs/test.py"), ("same", "experiments/configs/test.py")],
+    os.path.join(ROOT, "data", "dataset", "test.npz"),
+    1,
+  )
+  assert steps["ratio"]["ref"] == {str(b): 1.0 for b in steps["buckets"]}
+  assert all(t > 0 for t in steps["seconds"]["same"].values())
+  report = {
+    "machine": {"platform": "p", "cpu_count": 2},
+    "command": "c",
+    "runs": [("a", str(a)), ("b", str(b))],
+    "curves": rows,
+    "repeats": 1,
+    "step_time": steps,
+  }
+  text = bench.to_markdown(report)
+  assert "| 1 | 0.1000 | 4.000 | 0.0500 (-50 %) | 4.000 (+0 %) |" in text and "1.00×" in text
