@@ -10,8 +10,8 @@
 Curves: validation force MAE (eV/Å) and stress MAE (kBar) of each ``--run`` (a ``metrics.csv``
 written by ``crystal-search train``) at every epoch that all runs reached, and the change of each
 run against the first one.  The runs must share their validation frames (same dataset, seed and
-``data.max_eval_frames``) for the comparison to mean anything; the script checks their row counts
-only.  Step time (``--step_time``, optional): one jitted ``train_step`` of each config on the same
+``data.max_eval_frames``) for the comparison to mean anything; the script does not check
+that.  Step time (``--step_time``, optional): one jitted ``train_step`` of each config on the same
 batches of the same training frames (the largest and a middle atom-count bucket, 32 frames
 each), median of ``--repeats`` after compilation, in one process on the same threads; reported as
 ratios against the first config, never as absolute speeds alone.  Writes ``OUTPUT.json`` and
