@@ -151,8 +151,10 @@ class MEGNetBlock(nn.Module):
     graph: jraph.GraphsTuple,
     edge_weight: jax.Array | None = None,
     vec: jax.Array | None = None,
+    unit: jax.Array | None = None,
   ) -> tuple[jax.Array, jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """``(v, e, u)`` updated, and ``vec`` ``[V, C, 3]`` when ``vector_channels`` is set."""
+    """``(v, e, u)`` updated, and ``vec`` ``[V, C, 3]`` when ``vector_channels`` is set
+    (then ``unit`` ``[Ed, 3]``, the unit bond vectors, zero on padding edges, is needed too)."""
     num_graphs = graph.n_node.shape[0]
     num_nodes = v.shape[0]
     node_mask = graph.nodes["mask"][:, None].astype(v.dtype)
@@ -174,10 +176,10 @@ class MEGNetBlock(nn.Module):
     node_in = [agg, v, u_nodes]
     c = self.vector_channels
     if c:
-      if edge_weight is None or vec is None:
-        raise ValueError("vector channels need smooth (rbf) edges and the atoms' vectors")
-      vectors = graph.edges["vectors"].astype(self.dtype)
-      unit = vectors / jnp.maximum(graphs.safe_norm(vectors), 1e-9)  # zero on padding edges
+      if edge_weight is None or vec is None or unit is None:
+        raise ValueError(
+          "vector channels need smooth (rbf) edges, the atoms' vectors and the unit bond vectors"
+        )
       dense = lambda k, name, bias=True: nn.Dense(
         k, use_bias=bias, dtype=self.dtype, param_dtype=self.dtype, name=name
       )
@@ -279,10 +281,13 @@ class MEGNet(nn.Module):
       for _ in range(self.num_blocks):
         v, e, u = MEGNetBlock(self.width, self.act, self.dtype)(v, e, u, graph, weight)
       return v, e, u
+    if self.edge_inputs != "rbf":
+      raise ValueError("vector_channels need edge_inputs='rbf' (smooth edges)")
     vec = jnp.zeros((v.shape[0], c, 3), self.dtype)  # vectors start at 0
+    unit = graph.edges["vectors"].astype(self.dtype) / jnp.maximum(d, 1e-9)  # 0 on padding
     for _ in range(self.num_blocks):
       block = MEGNetBlock(self.width, self.act, self.dtype, vector_channels=c)
-      v, e, u, vec = block(v, e, u, graph, weight, vec)
+      v, e, u, vec = block(v, e, u, graph, weight, vec, unit)
     return v, e, u, vec
 
 
