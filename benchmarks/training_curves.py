@@ -61,7 +61,7 @@ def read_curve(path: str) -> dict[int, dict[str, float]]:
   try:
     with open(path, newline="") as f:
       rows = list(csv.DictReader(f))
-    return {int(r["epoch"]): {m: float(r[m]) for m in (*METRICS, "seconds")} for r in rows}
+    return {int(r["epoch"]): {m: float(r[m]) for m in METRICS} for r in rows}
   except (OSError, KeyError, ValueError) as e:
     from crystal_search.errors import InputError
 
