@@ -2,7 +2,7 @@
 
     python benchmarks/training_curves.py \
         --run=shipped=experiments/results/evals/pretrained/metrics.csv \
-        --run=vectors=experiments/results/probes/vectors16/metrics.csv \
+        --run=vectors=experiments/results/probes/vectors/metrics.csv \
         --step_time=shipped=experiments/configs/pretrained.py \
         --step_time=vectors=experiments/configs/pretrained.py:vectors \
         --output=benchmarks/results/training_curves
