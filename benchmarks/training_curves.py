@@ -1,10 +1,10 @@
 """Two training configs compared at matched epochs, and their train-step cost in the same process.
 
     python benchmarks/training_curves.py \
+        --run=blocks6=experiments/results/evals/pretrained_blocks6/metrics.csv \
         --run=shipped=experiments/results/evals/pretrained/metrics.csv \
-        --run=vectors=experiments/results/probes/vectors/metrics.csv \
+        --step_time=blocks6=experiments/configs/pretrained.py:blocks6 \
         --step_time=shipped=experiments/configs/pretrained.py \
-        --step_time=vectors=experiments/configs/pretrained.py:vectors \
         --output=benchmarks/results/training_curves
 
 Curves: validation force MAE (eV/Å) and stress MAE (kBar) of each ``--run`` (a ``metrics.csv``

@@ -32,14 +32,15 @@ Rows (names as in :mod:`experiments.make_tables`):
   before the strain frames);
 * ``pretrained_wide``: ``no_strain`` at twice the width (``pretrained.py:wide``), a capacity check
   (``GNN (shipped config; width 64)``);
-* ``pretrained_cutoff4``: the shipped config at the 4 Å cutoff of the other variants
+* ``pretrained_blocks6``: the shipped config without its 16 vector channels, the model shipped
+  in sessions 10-11 (``pretrained.py:blocks6``,
+  ``GNN (no vector channels; shipped in sessions 10-11)``);
+* ``pretrained_blocks4``: ``blocks6`` with 4 message-passing blocks instead of 6, the model
+  shipped in session 9 (``pretrained.py:blocks4``, ``GNN (4 blocks; shipped in session 9)``);
+* ``pretrained_cutoff4``: ``blocks4`` at the 4 Å cutoff of the other variants
   (``pretrained.py:cutoff4``, ``GNN (4 Å cutoff; shipped in sessions 7-8)``);
-* ``pretrained_blocks4``: the shipped config with 4 message-passing blocks instead of 6, the
-  model shipped in session 9 (``pretrained.py:blocks4``, ``GNN (4 blocks; shipped in session 9)``);
 * ``pretrained_long``: the shipped config trained for 75 epochs instead of 45
   (``pretrained.py:long``, ``GNN (shipped config; 75 epochs)``);
-* ``pretrained_vectors``: the shipped config with 16 rotation-equivariant vectors per atom in
-  its blocks (``pretrained.py:vectors``, ``GNN (shipped config; 16 vector channels)``);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
   heads trained with the shipped budget (``pretrained.py:HEAD``,
   ``GNN stress=HEAD (shipped budget)``): Table 5 at the shipped model's budget.
@@ -85,9 +86,9 @@ ROWS = (
   "pretrained_heads",
   "pretrained_rattle",
   "pretrained_cutoff4",
+  "pretrained_blocks6",
   "pretrained_blocks4",
   "pretrained_long",
-  "pretrained_vectors",
 )
 
 #: Rows of ``pretrained.py:rattle|rattle_small`` (the shipped config with displaced copies), and
@@ -102,9 +103,12 @@ RATTLE_SEEDS = ("0", "1")
 STRAIN_ROWS = {
   "pretrained": ("pretrained.py", "GNN (shipped)"),
   "pretrained_cutoff4": ("pretrained.py:cutoff4", "GNN (4 Å cutoff; shipped in sessions 7-8)"),
+  "pretrained_blocks6": (
+    "pretrained.py:blocks6",
+    "GNN (no vector channels; shipped in sessions 10-11)",
+  ),
   "pretrained_blocks4": ("pretrained.py:blocks4", "GNN (4 blocks; shipped in session 9)"),
   "pretrained_long": ("pretrained.py:long", "GNN (shipped config; 75 epochs)"),
-  "pretrained_vectors": ("pretrained.py:vectors", "GNN (shipped config; 16 vector channels)"),
 }
 #: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).
 STRAIN_SEEDS = {"pretrained": ("0", "1")}

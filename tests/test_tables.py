@@ -89,7 +89,7 @@ def test_reproduce_lists_every_row_of_the_paper():
   (cutoff4,) = [job for job in jobs if job.workdir == "pretrained_cutoff4"]
   assert cutoff4.prepare == shipped.prepare
   assert cutoff4.config == "experiments/configs/pretrained.py:cutoff4"
-  for variant in ("blocks4", "long", "vectors"):
+  for variant in ("blocks6", "blocks4", "long"):
     (job,) = [job for job in jobs if job.workdir == f"pretrained_{variant}"]
     assert job.prepare == shipped.prepare
     assert job.config == f"experiments/configs/pretrained.py:{variant}"

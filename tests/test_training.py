@@ -250,9 +250,9 @@ def _config(name, arg=None):
     ("pretrained", "corner"),
     ("pretrained", "global"),
     ("pretrained", "cutoff4"),
+    ("pretrained", "blocks6"),
     ("pretrained", "blocks4"),
     ("pretrained", "long"),
-    ("pretrained", "vectors"),
   ],
 )
 def test_every_experiment_config_is_valid(name, arg):
@@ -290,29 +290,26 @@ def test_config_values_of_the_paper():
   edge = _config("stress_heads", "corner,edge")
   assert (edge.model.force_head, edge.model.stress_head) == ("edge", "corner")
   assert edge.model.edge_inputs == "vector"
-  # The models shipped before differ from the shipped config (5 Å, 6 blocks) in its blocks
-  # (session 9) and also its cutoff (sessions 7-8); the other variants keep 4 Å and 4 blocks.
-  shipped, cutoff4 = _config("pretrained").to_dict(), _config("pretrained", "cutoff4").to_dict()
-  assert cutoff4["model"].pop("cutoff") == 4.0 and shipped["model"].pop("cutoff") == 5.0
-  assert cutoff4["model"].pop("num_blocks") == 4 and shipped["model"].pop("num_blocks") == 6
-  assert cutoff4 == shipped
-  # The shipped config's own variants change one thing each.
+  # The models shipped before differ from the shipped config (5 Å, 6 blocks, 16 vector
+  # channels) in its vectors (sessions 10-11), also its blocks (session 9), and also its cutoff
+  # (sessions 7-8); the other variants keep 4 Å, 4 blocks and no vectors.
   shipped = _config("pretrained").to_dict()
-  blocks4, long = (
-    _config("pretrained", "blocks4").to_dict(),
-    _config("pretrained", "long").to_dict(),
+  blocks6, blocks4, cutoff4 = (
+    _config("pretrained", v).to_dict() for v in ("blocks6", "blocks4", "cutoff4")
   )
+  assert shipped["model"].pop("vector_channels") == 16
+  assert blocks6["model"].pop("vector_channels") == 0
+  assert blocks6 == shipped
+  assert blocks4["model"].pop("vector_channels") == 0
   assert blocks4["model"].pop("num_blocks") == 4 and shipped["model"].pop("num_blocks") == 6
   assert blocks4 == shipped
-  shipped = _config("pretrained").to_dict()
+  assert cutoff4["model"].pop("vector_channels") == 0 and cutoff4["model"].pop("num_blocks") == 4
+  assert cutoff4["model"].pop("cutoff") == 4.0 and shipped["model"].pop("cutoff") == 5.0
+  assert cutoff4 == shipped
+  # 'long' trains the shipped config for longer, nothing else.
+  shipped, long = _config("pretrained").to_dict(), _config("pretrained", "long").to_dict()
   assert long.pop("num_epochs") == 75 and shipped.pop("num_epochs") == 45
   assert long == shipped
-  shipped = _config("pretrained").to_dict()
-  vectors = _config("pretrained", "vectors").to_dict()
-  assert (
-    vectors["model"].pop("vector_channels") == 16 and shipped["model"].pop("vector_channels") == 0
-  )
-  assert vectors == shipped
   assert _config("pretrained", "no_strain").model.cutoff == 4.0
 
 

@@ -2,38 +2,42 @@
 
   crystal-search train --config=experiments/configs/pretrained.py --workdir=runs/pretrained
 
-``default.py:cpu`` (the same network, augmentation and seed) with a ``CUTOFF`` (5 Å) neighbour
-cutoff instead of 4 Å, so that each atom sees its second shell, and ``BLOCKS`` (6) message-passing
-blocks instead of 4, trained on ``data/dataset_strain``
-(``STRAIN_DATA``): every training frame of ``data/dataset`` (not the CPU scale's
-``CPU_TRAIN_FRAMES`` subset) plus 3,205 teacher-labelled strained copies of the relaxed training
-structures (``crystal-search build-strain-frames``, :mod:`crystal_search.datasets.strain`; the
-same validation, test and held-out frames), and for longer: ``EPOCHS`` epochs with the learning
-rate halved every ``HALVING_EPOCHS``.  This is the one config beyond the 20-minute CPU budget:
-about 2 hours on one core of the 2-core machine (~170 s an epoch on the 13,385 frames whose
-cells are thick enough for the model's 2 periodic images at 5 Å; its first 10 epochs are the
-probe ``experiments/results/probes/cutoff5_blocks6_10_epochs``, resumed).  Shipped since session
-10; the configs shipped before are ``pretrained.py:blocks4`` (session 9) and ``:cutoff4``
-(sessions 7–8).
+``default.py:cpu`` (the same network widths, augmentation and seed) with a ``CUTOFF`` (5 Å)
+neighbour cutoff instead of 4 Å, so that each atom sees its second shell, ``BLOCKS`` (6)
+message-passing blocks instead of 4, and ``VECTOR_CHANNELS`` (16) rotation-equivariant vectors per
+atom carried through the blocks (PaiNN-style, ``model.vector_channels``: the atom states then see
+bond angles, which the distance-only edges cannot; the teacher, CHGNet, has explicit three-body
+terms), trained on ``data/dataset_strain`` (``STRAIN_DATA``): every training frame of
+``data/dataset`` (not the CPU scale's ``CPU_TRAIN_FRAMES`` subset) plus 3,205 teacher-labelled
+strained copies of the relaxed training structures (``crystal-search build-strain-frames``,
+:mod:`crystal_search.datasets.strain`; the same validation, test and held-out frames), and for
+longer: ``EPOCHS`` epochs with the learning rate halved every ``HALVING_EPOCHS``.  This is the one
+config beyond the 20-minute CPU budget: about 3 hours on both cores of the 2-core machine
+(~235-400 s an epoch on the 13,385 frames whose cells are thick enough for the model's 2 periodic
+images at 5 Å, by machine; trained over sessions 11-12 as ``pretrained.py:vectors``, the same
+config, resumed from ``experiments/results/probes/vectors``).  Shipped since session 12; the
+configs shipped before are ``pretrained.py:blocks6`` (sessions 10-11), ``:blocks4`` (session 9)
+and ``:cutoff4`` (sessions 7-8).
 Validation stays on the CPU scale's ``CPU_EVAL_FRAMES`` subset so that the per-epoch
 validation does not dominate the epoch time.
 
-``pretrained.py:blocks4`` is the shipped config with ``default.py``'s 4 blocks, the model shipped
-in session 9 (row ``GNN (4 blocks; shipped in session 9)``), ~125 s an epoch.
-``pretrained.py:long`` is the shipped config for ``LONG_EPOCHS`` (75) epochs instead of 45 (two
-more halvings of the learning rate; row ``GNN (shipped config; 75 epochs)``; not yet run): the
-validation stress error was still falling at epoch 45; its first 45 epochs can be the shipped
-run's, resumed.
-``pretrained.py:vectors`` is the shipped config with ``VECTOR_CHANNELS`` (16) rotation-equivariant
-vectors per atom carried through the 6 blocks (PaiNN-style, ``model.vector_channels``): the atom
-states then see bond angles, which the distance-only edges cannot (the teacher, CHGNet, has
-explicit three-body terms); row ``GNN (shipped config; 16 vector channels)``.
+The shipped config's own variants (5 Å, strain data):
+
+* ``pretrained.py:blocks6``: the shipped config without the vector channels, the model shipped
+  in sessions 10 and 11 (row ``GNN (no vector channels; shipped in sessions 10-11)``), ~170 s an
+  epoch on one core (session 10's machine); a train step costs ~1.3x less than the shipped
+  config's (``benchmarks/results/training_curves.md``);
+* ``pretrained.py:blocks4``: ``blocks6`` with ``default.py``'s 4 blocks, the model shipped in
+  session 9 (row ``GNN (4 blocks; shipped in session 9)``), ~125 s an epoch;
+* ``pretrained.py:long``: the shipped config for ``LONG_EPOCHS`` (75) epochs instead of 45 (two
+  more halvings of the learning rate; row ``GNN (shipped config; 75 epochs)``; not yet run); its
+  first 45 epochs can be the shipped run's, resumed.
 
 The other variants (none shipped) keep the 4 Å cutoff of ``default.py:cpu``; the rows named
 ``shipped config; ...`` in the tables are variants of ``cutoff4``, the config shipped when they
 were trained (4 blocks, 4 Å):
 
-* ``pretrained.py:cutoff4``: the shipped config at 4 Å, the model shipped in sessions 7 and 8
+* ``pretrained.py:cutoff4``: ``blocks4`` at 4 Å, the model shipped in sessions 7 and 8
   (row ``GNN (4 Å cutoff; shipped in sessions 7-8)``), ~90 s an epoch;
 * ``pretrained.py:no_strain``: ``cutoff4`` without the strain frames, on ``data/dataset`` (the
   model shipped before session 7; row ``GNN (shipped config; no strain frames)``): the same
@@ -64,7 +68,7 @@ EPOCHS = 45
 #: Epochs of ``long`` (the shipped config trained on).
 LONG_EPOCHS = 75
 HALVING_EPOCHS = 15
-#: Message-passing blocks of the shipped model (``default.py`` and the other variants have 4).
+#: Message-passing blocks of the shipped model and ``blocks6``/``long`` (the others have 4).
 BLOCKS = 6
 WIDE = {"width": 64, "head_widths": (64, 32)}
 #: The dataset with the strain frames (``crystal-search build-strain-frames``).
@@ -93,10 +97,10 @@ RATTLE_EPOCHS = 24
 RATTLE_HALVING_EPOCHS = 8
 #: The paper's stress heads, trained with the shipped budget on ``data/dataset``.
 PAPER_HEADS = ("plane", "corner", "global")
-#: Equivariant vectors per atom of ``vectors`` (``model.vector_channels``).
+#: Equivariant vectors per atom of the shipped model (``model.vector_channels``).
 VECTOR_CHANNELS = 16
 #: Variants of the shipped config itself (5 Å, strain data); the others keep 4 Å.
-SHIPPED_VARIANTS = ("blocks4", "long", "vectors")
+SHIPPED_VARIANTS = ("blocks6", "blocks4", "long")
 VARIANTS = (*SHIPPED_VARIANTS, "cutoff4", "no_strain", "wide", *RATTLE_DATA, *PAPER_HEADS)
 
 
@@ -117,9 +121,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.path = STRAIN_DATA if arg in ("", "cutoff4", *SHIPPED_VARIANTS) else data.DEFAULT_PATH
   if arg in ("", *SHIPPED_VARIANTS):
     c.model.cutoff = CUTOFF
-  if arg in ("", "long", "vectors"):
+  if arg in ("", "long", "blocks6"):
     c.model.num_blocks = BLOCKS
-  if arg == "vectors":
+  if arg in ("", "long"):
     c.model.vector_channels = VECTOR_CHANNELS
   if arg == "long":
     c.num_epochs = LONG_EPOCHS
