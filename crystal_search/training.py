@@ -896,10 +896,33 @@ _RUN_FILE = "run.json"
 _METRICS_FILE = "metrics.csv"
 
 
+def extends(previous: dict | None, config: dict) -> bool:
+  """Whether ``config`` (a config dict) is the run ``previous`` (its config dict) trained for
+  more epochs: every key equal except a larger or equal ``num_epochs``.  The learning-rate
+  staircase halves every ``lr_halving_epochs`` whatever the total, so the first epochs of the
+  longer run are the shorter run's."""
+  if not isinstance(previous, dict) or not isinstance(config, dict):
+    return False
+  old, new = dict(previous), dict(config)
+  old_epochs, new_epochs = old.pop("num_epochs", None), new.pop("num_epochs", None)
+  if old_epochs is None or new_epochs is None or int(new_epochs) < int(old_epochs):
+    return False
+  return json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str)
+
+
 def prepare_workdir(
-  workdir: str, *, config_digest: str, data_version: str, overwrite: bool
+  workdir: str,
+  *,
+  config_digest: str,
+  data_version: str,
+  overwrite: bool,
+  config: dict | None = None,
+  extend: bool = False,
 ) -> bool:
   """Check (or claim) a workdir for a run; returns True when it resumes a previous one.
+
+  With ``extend``, a run in the workdir whose config is ``config`` (a config dict) with fewer
+  epochs (:func:`extends`) on the same data is resumed as this run's first epochs.
 
   Raises:
     InputError: the workdir holds another run (different config hash or data
@@ -918,6 +941,14 @@ def prepare_workdir(
     same = (
       previous.get("config_hash") == config_digest and previous.get("data_version") == data_version
     )
+    if (
+      not same
+      and extend
+      and not overwrite
+      and previous.get("data_version") == data_version
+      and extends(previous.get("config"), config)
+    ):
+      return True
     if not same and not overwrite:
       if not previous:
         why = "checkpoints of an unknown run"
@@ -1053,6 +1084,7 @@ def train(
   workdir: str,
   *,
   overwrite: bool = False,
+  extend: bool = False,
   stop_after: int | None = None,
   progress: bool = True,
   log: Log | None = None,
@@ -1063,6 +1095,9 @@ def train(
     config: a training config (:func:`get_default_config` keys).
     workdir: run directory (created; see module docstring).
     overwrite: replace another run's files in ``workdir`` instead of refusing.
+    extend: continue a finished or stopped run in ``workdir`` whose config is this one with
+      fewer ``num_epochs`` (same data), e.g. the 45-epoch shipped run as the first 45 epochs of
+      a 75-epoch one; ``run.json`` then records this config and ``extended_from``.
     stop_after: stop, as if killed, after this many epochs of this invocation
       (the run is left resumable and nothing is exported).
     progress: show a tqdm bar per epoch.
@@ -1085,18 +1120,34 @@ def train(
   )
   digest = config_hash(config)
   os.makedirs(workdir, exist_ok=True)
+  run_file = os.path.join(workdir, _RUN_FILE)
+  previous_run = {}
+  if os.path.exists(run_file):
+    with open(run_file) as f:
+      previous_run = json.load(f)
   resuming = prepare_workdir(
-    workdir, config_digest=digest, data_version=dataset.version, overwrite=overwrite
+    workdir,
+    config_digest=digest,
+    data_version=dataset.version,
+    overwrite=overwrite,
+    config=config.to_dict(),
+    extend=extend,
   )
-  _write_json(
-    os.path.join(workdir, _RUN_FILE),
-    {
-      "config_hash": digest,
-      "data_version": dataset.version,
-      "data_path": dataset.path,
-      "config": config.to_dict(),
-    },
-  )
+  record = {
+    "config_hash": digest,
+    "data_version": dataset.version,
+    "data_path": dataset.path,
+    "config": config.to_dict(),
+  }
+  extended = resuming and previous_run.get("config_hash") != digest
+  if extended:
+    record["extended_from"] = {
+      "config_hash": previous_run.get("config_hash"),
+      "num_epochs": previous_run.get("config", {}).get("num_epochs"),
+    }
+  elif resuming and "extended_from" in previous_run:
+    record["extended_from"] = previous_run["extended_from"]
+  _write_json(run_file, record)
   train_frames = dataset.splits["train"]
   val_frames = dataset.splits["val"]
   adapter = model_adapter(config)
@@ -1132,6 +1183,9 @@ def train(
   if restored is not None:
     state, meta = restored
     log(f"resuming from epoch {meta['epoch']} in {workdir}")
+    if extended and int(meta["epoch"]) < config.num_epochs and not meta["stopped_early"]:
+      meta["finished"] = False
+      log(f"extending the run to {config.num_epochs} epochs")
   resumed_from = int(meta["epoch"])
   if meta["capacities"]:
     capacities = {int(k): int(v) for k, v in meta["capacities"].items()}

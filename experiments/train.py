@@ -4,8 +4,10 @@ The config is an ml-collections file (``experiments/configs/``; ``FILE:ARG`` pas
 ``ARG`` to its ``get_config``); any value can be overridden, e.g.
 ``--config.learning_rate=5e-4 --config.augment.noise_std=0.02``.  Rerunning the same
 command in the same workdir resumes from the last checkpoint; a workdir that holds
-another run is refused unless ``--overwrite``.  The best model (validation loss) is
-exported to ``DIR/model``; metrics per epoch go to ``DIR/metrics.csv``.
+another run is refused unless ``--overwrite``; ``--extend`` continues a run there whose
+config is this one with fewer ``num_epochs`` (e.g. the shipped 45-epoch run as
+``pretrained.py:long``).  The best model (validation loss) is exported to ``DIR/model``;
+metrics per epoch go to ``DIR/metrics.csv``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, model).")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace another run found in --workdir.")
+_EXTEND = flags.DEFINE_boolean(
+  "extend",
+  False,
+  "Continue the run in --workdir whose config is this one with fewer num_epochs (same data).",
+)
 _QUIET = flags.DEFINE_boolean("quiet", False, "No progress bar.")
 _VERBOSE = flags.DEFINE_boolean("verbose", False, "Show library (orbax, jax) INFO logs.")
 _STOP_AFTER = flags.DEFINE_integer(
@@ -84,6 +91,7 @@ def main(argv: list[str]) -> None:
     config,
     _WORKDIR.value,
     overwrite=_OVERWRITE.value,
+    extend=_EXTEND.value,
     stop_after=_STOP_AFTER.value,
     progress=not _QUIET.value,
     log=log,

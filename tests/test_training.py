@@ -407,6 +407,35 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tiny_dataset, tmp_path)
   assert np.all(np.asarray(variables["normalization"]["force_std"]) > 0)
 
 
+def test_extend_continues_a_finished_shorter_run(tiny_dataset, tmp_path):
+  """``extend``: a finished 2-epoch run continued to 3 epochs equals a straight 3-epoch run;
+  without ``extend`` the longer config is refused as another run."""
+  config = _tiny_config(tiny_dataset)
+  assert config.num_epochs == 3
+  straight = training.train(config, str(tmp_path / "a"), progress=False)
+  short = _tiny_config(tiny_dataset, num_epochs=2)
+  first = training.train(short, str(tmp_path / "b"), progress=False)
+  assert first.epochs == 2 and first.model_dir is not None
+  with pytest.raises(InputError, match="different config"):
+    training.train(config, str(tmp_path / "b"), progress=False)
+  longer = training.train(config, str(tmp_path / "b"), progress=False, extend=True)
+  assert longer.resumed_from == 2 and longer.epochs == 3 and longer.model_dir is not None
+  for x, y in zip(
+    jax.tree_util.tree_leaves(straight.params), jax.tree_util.tree_leaves(longer.params)
+  ):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert [int(r["epoch"]) for r in training.read_metrics(str(tmp_path / "b"))] == [1, 2, 3]
+  with open(tmp_path / "b" / "run.json") as f:
+    run = json.load(f)
+  assert run["config_hash"] == training.config_hash(config)
+  assert run["extended_from"] == {"config_hash": training.config_hash(short), "num_epochs": 2}
+  # Fewer epochs, or any other change, is not an extension.
+  assert not training.extends(config.to_dict(), short.to_dict())
+  other = _tiny_config(tiny_dataset, num_epochs=4, learning_rate=5e-4)
+  assert not training.extends(short.to_dict(), other.to_dict())
+  assert training.extends(short.to_dict(), config.to_dict())
+
+
 def test_neighbour_overflow_grows_capacity_and_redoes_the_step(tiny_dataset, tmp_path, monkeypatch):
   real = training.neighbour_capacities
   exact = real(
