@@ -907,7 +907,9 @@ def extends(previous: dict | None, config: dict) -> bool:
   old_epochs, new_epochs = old.pop("num_epochs", None), new.pop("num_epochs", None)
   if old_epochs is None or new_epochs is None or int(new_epochs) < int(old_epochs):
     return False
-  return json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str)
+  return json.dumps(old, sort_keys=True, default=str) == json.dumps(
+    new, sort_keys=True, default=str
+  )
 
 
 def prepare_workdir(
