@@ -222,22 +222,36 @@ def _describe(generator: dict) -> str:
   )
 
 
-def _run_report(work_dir: str) -> dict:
+def _run_report(work_dir: str, teacher_run: dict | None = None) -> dict:
+  """One work dir's rows.  ``teacher_run``: an earlier report's run whose teacher relaxed the
+  same seeded starts (same generator), used when this work dir holds no teacher chunks; its
+  teacher relaxed starts ``[0, relaxed)``."""
   model, teacher = _load(work_dir, "model"), _load(work_dir, "chgnet")
-  shared = sorted({r["index"] for r in model} & {r["index"] for r in teacher})
-  by_model = {r["index"]: r for r in model}
-  teacher_hits = [r["index"] for r in teacher if r["index"] in shared and r["experimental"]]
   settings = {}
   for kind in ("chgnet", "model"):  # the same generator; the model's settings name its model
     path = os.path.join(work_dir, kind, "settings.json")
     if os.path.exists(path):
       with open(path) as f:
         settings = json.load(f)
+  by_model = {r["index"]: r for r in model}
+  if teacher_run is not None and not teacher:
+    if (teacher_run.get("settings") or {}).get("generator") != settings.get("generator"):
+      raise SystemExit(
+        f"error: --teacher_from {teacher_run['work_dir']}: other generator settings than {work_dir}"
+      )
+    teacher_summary = dict(teacher_run["teacher"], from_work_dir=teacher_run["work_dir"])
+    teacher_starts = set(range(int(teacher_summary["relaxed"])))
+    shared = sorted(set(by_model) & teacher_starts)
+    teacher_hits = [i for i in teacher_summary["experimental_indices"] if i in by_model]
+  else:
+    shared = sorted(set(by_model) & {r["index"] for r in teacher})
+    teacher_hits = [r["index"] for r in teacher if r["index"] in shared and r["experimental"]]
+    teacher_summary = dict(_summary(teacher), hit_volume_ratios=_hit_volumes(work_dir, "chgnet"))
   return {
     "work_dir": work_dir,
     "settings": settings,
     "model": dict(_summary(model), hit_volume_ratios=_hit_volumes(work_dir, "model")),
-    "teacher": dict(_summary(teacher), hit_volume_ratios=_hit_volumes(work_dir, "chgnet")),
+    "teacher": teacher_summary,
     "shared_starts": {
       "structures": len(shared),
       "model_experimental": sum(by_model[i]["experimental"] for i in shared),
@@ -280,7 +294,16 @@ def _kept_runs(previous_report: str, runs: list[dict]) -> list[dict]:
 
 def report(args) -> None:
 
-  runs = [_run_report(d) for d in args.work_dir.split(",")]
+  previous = {
+    run["work_dir"]: run for run in (_common.previous_report(args.out) or {}).get("runs", [])
+  }
+  teacher_from = {}
+  for item in args.teacher_from:
+    work_dir, _, source = item.partition("=")
+    if source not in previous:
+      raise SystemExit(f"error: --teacher_from {item}: {source} is not a run of {args.out}")
+    teacher_from[work_dir] = previous[source]
+  runs = [_run_report(d, teacher_from.get(d)) for d in args.work_dir.split(",")]
   if args.keep_missing:
     runs = _kept_runs(args.out, runs) + runs
   for item in args.label:
@@ -401,6 +424,13 @@ def main() -> None:
     action="append",
     default=[],
     help="with --report: WORK_DIR=TEXT names that run's model in the report",
+  )
+  parser.add_argument(
+    "--teacher_from",
+    action="append",
+    default=[],
+    help="with --report: WORK_DIR=EARLIER_WORK_DIR takes the teacher row of a run in --out "
+    "(same generator, same seeded starts) for a work dir without teacher chunks",
   )
   parser.add_argument(
     "--keep_missing",

@@ -423,7 +423,9 @@ def main(argv: list[str]) -> None:
       _run(
         [python, "-m", "experiments.train", f"--config={job.config}", f"--workdir={workdir}"]
         + overrides
-        + ["--quiet"]
+        # A run there with fewer epochs of the same config (e.g. the shipped 45-epoch run
+        # copied in for ``pretrained_long``) is continued, not refused.
+        + ["--extend", "--quiet"]
       )
     for ev in job.evaluations:
       eval_dir = os.path.join(workdir, ev.subdir)

@@ -109,6 +109,53 @@ def test_li15si4_report_keeps_the_rows_of_work_dirs_that_are_gone(tmp_path):
   assert discovery._model_label({"settings": {}, "label": "4 Å model"}) == "4 Å model"
 
 
+def test_li15si4_discovery_teacher_from_an_earlier_run(tmp_path):
+  """A work dir without teacher chunks takes an earlier run's teacher row (same generator) and
+  counts the shared starts from its hit indices; another generator is refused."""
+  discovery = _benchmark("li15si4_discovery")
+  generator = {"composition": "Li15Si4", "seed": 0}
+  model_dir = tmp_path / "run" / "model"
+  model_dir.mkdir(parents=True)
+  (model_dir / "settings.json").write_text(json.dumps({"generator": generator, "relax": {}}))
+  rows = [
+    {
+      "index": i,
+      "experimental": i in (1, 3, 5),
+      "converged": True,
+      "failed": False,
+      "start_space_group": 220,
+      "model_energy_per_atom": -1.0 - 0.01 * i,
+      "energy_per_atom": None,
+    }
+    for i in range(6)
+  ]
+  (model_dir / "chunk_0000.json").write_text(json.dumps({"relax_s": 6.0, "rows": rows}))
+  earlier = {
+    "work_dir": "runs/earlier",
+    "settings": {"generator": generator},
+    "teacher": {
+      "relaxed": 4,
+      "converged": 4,
+      "failed": 0,
+      "experimental": 2,
+      "experimental_indices": [0, 3],
+      "s_per_structure": 10.0,
+    },
+  }
+  run = discovery._run_report(str(tmp_path / "run"), earlier)
+  assert run["model"]["experimental"] == 3 and run["model"]["relaxed"] == 6
+  assert run["teacher"]["from_work_dir"] == "runs/earlier"
+  assert run["shared_starts"] == {
+    "structures": 4,
+    "model_experimental": 2,
+    "teacher_experimental": 2,
+    "model_reproduces_teacher": 1,
+  }
+  other = dict(earlier, settings={"generator": dict(generator, seed=1)})
+  with pytest.raises(SystemExit, match="other generator settings"):
+    discovery._run_report(str(tmp_path / "run"), other)
+
+
 def test_equation_of_state_keeps_columns_of_models_that_are_gone(tmp_path):
   eos = _benchmark("equation_of_state")
   column = {"pressure_kbar": [1.0, 0.0], "bulk_modulus_gpa": 3.0, "zero_pressure_scale": 1.0}
