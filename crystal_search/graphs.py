@@ -333,6 +333,13 @@ def safe_norm(vectors: jax.Array) -> jax.Array:
   return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
 
+def unit_vectors(vectors: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(|r| [..., 1], r / |r| [..., 3])`` of edge vectors (Å): both zero, with finite
+  gradients, on zero vectors (padding edges)."""
+  d = safe_norm(vectors)
+  return d, vectors / jnp.where(d > 0, d, 1.0)
+
+
 def plane_vectors(crystals: Crystals) -> jax.Array:
   """Vectors ``[B, N, 3(plane), 3]`` (Å) from the (100), (010), (001) planes to each atom.
 

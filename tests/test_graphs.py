@@ -177,3 +177,16 @@ def test_other_fictitious_kinds(fictitious):
     vec = np.asarray(graphs.corner_vectors(batch))[0]
     m = s.lattice.matrix
     np.testing.assert_allclose(vec[1, 2], (s.frac_coords[1] % 1.0) @ m - m[2], atol=1e-4)
+
+
+def test_unit_vectors_and_their_gradient_are_finite_on_padding_edges():
+  vectors = jnp.array([[3.0, 0.0, 4.0], [0.0, 0.0, 0.0]])  # a real edge and a padding edge
+  d, unit = graphs.unit_vectors(vectors)
+  np.testing.assert_allclose(np.asarray(d[:, 0]), [5.0, 0.0])
+  np.testing.assert_allclose(np.asarray(unit), [[0.6, 0.0, 0.8], [0.0, 0.0, 0.0]])
+  grad = jax.grad(lambda v: jnp.sum(graphs.unit_vectors(v)[1] * jnp.array([1.0, 2.0, 3.0])))(
+    vectors
+  )
+  assert np.all(np.isfinite(np.asarray(grad)))
+  # d(r/|r|)/dr is (I - u u^T) / |r|: orthogonal to u on the real edge.
+  assert abs(float(jnp.dot(grad[0], unit[0]))) < 1e-6

@@ -134,8 +134,7 @@ class ForceStressNet(nn.Module):
     mlp = lambda: megnet.MLP(self.head_widths, self.act, dtype=self.dtype)
     dense = lambda k: nn.Dense(k, dtype=self.dtype, param_dtype=self.dtype)
     vectors = graph.edges["vectors"].astype(self.dtype)
-    d = graphs.safe_norm(vectors)
-    unit = vectors / jnp.where(d > 0, d, 1.0)  # zero on padding edges
+    d, unit = graphs.unit_vectors(vectors)  # zero on padding edges
     real = graph.edges["real"][:, None].astype(self.dtype)
     envelope = megnet.cosine_envelope(d, self.cutoff) * real  # real atom-atom edges only
     # Forces on real atoms.

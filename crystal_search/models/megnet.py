@@ -284,7 +284,7 @@ class MEGNet(nn.Module):
     if self.edge_inputs != "rbf":
       raise ValueError("vector_channels need edge_inputs='rbf' (smooth edges)")
     vec = jnp.zeros((v.shape[0], c, 3), self.dtype)  # vectors start at 0
-    unit = graph.edges["vectors"].astype(self.dtype) / jnp.maximum(d, 1e-9)  # 0 on padding
+    _, unit = graphs.unit_vectors(graph.edges["vectors"].astype(self.dtype))  # 0 on padding
     for _ in range(self.num_blocks):
       block = MEGNetBlock(self.width, self.act, self.dtype, vector_channels=c)
       v, e, u, vec = block(v, e, u, graph, weight, vec, unit)
