@@ -30,8 +30,9 @@ The shipped config's own variants (5 Å, strain data):
 * ``pretrained.py:blocks4``: ``blocks6`` with ``default.py``'s 4 blocks, the model shipped in
   session 9 (row ``GNN (4 blocks; shipped in session 9)``), ~125 s an epoch;
 * ``pretrained.py:long``: the shipped config for ``LONG_EPOCHS`` (75) epochs instead of 45 (two
-  more halvings of the learning rate; row ``GNN (shipped config; 75 epochs)``; not yet run); its
-  first 45 epochs can be the shipped run's, resumed.
+  more halvings of the learning rate; row ``GNN (shipped config; 75 epochs)``); its first 45
+  epochs are the shipped run's, continued with ``crystal-search train --extend`` (started in
+  session 13; ``experiments/results/probes/README.md``).
 
 The other variants (none shipped) keep the 4 Å cutoff of ``default.py:cpu``; the rows named
 ``shipped config; ...`` in the tables are variants of ``cutoff4``, the config shipped when they
