@@ -270,7 +270,7 @@ class MEGNet(nn.Module):
     if self.edge_inputs == "vector":
       features, weight = graph.edges["features"].astype(self.dtype), None
     else:
-      d = graphs.safe_norm(graph.edges["vectors"].astype(self.dtype))
+      d, unit = graphs.unit_vectors(graph.edges["vectors"].astype(self.dtype))  # 0 on padding
       weight = cosine_envelope(d, self.cutoff) * edge_mask
       features = radial_basis(d, self.cutoff, self.num_rbf) * weight
     e = MLP((self.width,), self.act, dtype=self.dtype)(features)
@@ -284,7 +284,6 @@ class MEGNet(nn.Module):
     if self.edge_inputs != "rbf":
       raise ValueError("vector_channels need edge_inputs='rbf' (smooth edges)")
     vec = jnp.zeros((v.shape[0], c, 3), self.dtype)  # vectors start at 0
-    _, unit = graphs.unit_vectors(graph.edges["vectors"].astype(self.dtype))  # 0 on padding
     for _ in range(self.num_blocks):
       block = MEGNetBlock(self.width, self.act, self.dtype, vector_channels=c)
       v, e, u, vec = block(v, e, u, graph, weight, vec, unit)
