@@ -99,10 +99,13 @@ def main() -> None:
     for kind in kinds:
       if kind == "chgnet":
         continue
-      dp = [
-        np.abs(np.subtract(e[kind]["pressure_kbar"], e["chgnet"]["pressure_kbar"])).mean()
-        for e in report["phases"].values()
-      ]
+      by_phase = {
+        name: float(
+          np.abs(np.subtract(e[kind]["pressure_kbar"], e["chgnet"]["pressure_kbar"])).mean()
+        )
+        for name, e in report["phases"].items()
+      }
+      dp = list(by_phase.values())
       ratio = [
         e[kind]["bulk_modulus_gpa"] / e["chgnet"]["bulk_modulus_gpa"]
         for e in report["phases"].values()
@@ -110,6 +113,7 @@ def main() -> None:
       report["vs_teacher"][kind] = {
         "pressure_mae_kbar": float(np.mean(dp)),
         "bulk_modulus_ratio_median": float(np.median(ratio)),
+        "pressure_mae_kbar_by_phase": by_phase,
       }
 
   def zero(e):
@@ -147,7 +151,9 @@ def main() -> None:
     lines.append("")
     lines.append(
       f"- {kind} vs CHGNet: pressure MAE {v['pressure_mae_kbar']:.1f} kBar over the scans; "
-      f"median bulk-modulus ratio {v['bulk_modulus_ratio_median']:.2f}."
+      f"median bulk-modulus ratio {v['bulk_modulus_ratio_median']:.2f}; pressure MAE by phase: "
+      + ", ".join(f"{name} {x:.1f}" for name, x in v["pressure_mae_kbar_by_phase"].items())
+      + " kBar."
     )
   _common.write_report(args.out, report, lines)
 
