@@ -3,6 +3,8 @@
 * **Loss**: the sum of the mean squared errors of the standardised forces and the
   standardised stresses (force/stress model), or of the standardised energy per
   atom (energy baseline).  Padding atoms and padding structures are masked out.
+  ``loss='mae'`` takes mean absolute errors instead (ours, for fine-tuning: the
+  tables report MAEs).
   The standardisation statistics come from the training set and live in the
   model variables (``set_normalization``) before the first step.
 * **Optimiser**: Adam, learning rate ``1e-3`` halved every ``lr_halving_epochs``
@@ -22,6 +24,9 @@
   latest checkpoints with orbax every epoch, resumption from the latest one.
   The data order and augmentation depend only on ``(seed, epoch)``, so a killed
   and resumed run ends with the same parameters as an uninterrupted one.
+* **Fine-tuning**: ``init_from`` names an exported model (:func:`crystal_search.models.io.
+  save_model`) of the same kind and model config whose variables (parameters and
+  normalisation statistics) replace the initialisation; the optimiser starts afresh.
 * **Export**: the best model (by validation loss) is written with
   :func:`crystal_search.models.io.save_model` to ``workdir/model`` with its
   config, the dataset version and the test metrics.
@@ -66,6 +71,11 @@ from crystal_search.errors import InputError
 
 #: Model kinds the trainer knows.
 MODEL_KINDS = ("force_stress", "energy")
+#: Training losses (``config.loss``): mean squared or mean absolute standardised errors.
+LOSSES = ("mse", "mae")
+#: Training keys added after runs were hashed, left out of :func:`config_hash` (and of
+#: :func:`extends`) at these values, so those runs keep their hashes.
+HASH_NEUTRAL_KEYS = {"loss": "mse", "init_from": ""}
 #: Dataset splits read from ``config.data.path``.
 REQUIRED_SPLITS = ("train", "val")
 OPTIONAL_SPLITS = ("test", "holdout")
@@ -89,6 +99,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   c.scale = "paper"  # 'cpu' or 'paper': documents which budget the values are meant for.
   c.seed = 0
   c.model_kind = "force_stress"  # or 'energy' (the energy baseline)
+  c.loss = "mse"  # 'mse' (the paper) or 'mae' (force/stress model only)
+  c.init_from = ""  # exported model directory to start from ('' = random initialisation)
   c.model = model_config.get_model_config()
 
   c.data = ml_collections.ConfigDict()
@@ -143,6 +155,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
   need(given["scale"] in ("cpu", "paper"), "scale", "expected 'cpu' or 'paper'")
   need(given["model_kind"] in MODEL_KINDS, "model_kind", f"expected one of {MODEL_KINDS}")
+  need(given["loss"] in LOSSES, "loss", f"expected one of {LOSSES}")
+  need(
+    given["loss"] == "mse" or given["model_kind"] == "force_stress",
+    "loss",
+    "the energy model trains on the mean squared error only",
+  )
+  need(isinstance(given["init_from"], str), "init_from", "must be a model directory or ''")
   for key in ("learning_rate",):
     need(isinstance(given[key], float | int) and given[key] > 0, key, "must be > 0")
   for key in ("num_epochs", "lr_halving_epochs", "batch_size", "eval_batch_size"):
@@ -169,17 +188,23 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
   they differ from the value those runs were built with, so existing runs, exports and archived
   evaluations keep their hashes.
   """
+  text = json.dumps(_hashed(config.to_dict()), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _hashed(d: dict) -> dict:
+  """A config dict without the keys added after runs were hashed, where they hold the value
+  those runs were built with (``HASH_NEUTRAL_KEYS``, ``models.config.HASH_NEUTRAL_KEYS``)."""
   from crystal_search.models import config as model_config
 
-  d = config.to_dict()
+  d = {k: v for k, v in d.items() if not (k in HASH_NEUTRAL_KEYS and v == HASH_NEUTRAL_KEYS[k])}
   if isinstance(d.get("model"), dict):
     model = dict(d["model"])
     for key, value in model_config.HASH_NEUTRAL_KEYS.items():
       if key in model and model[key] == value:
         del model[key]
     d["model"] = model
-  text = json.dumps(d, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
+  return d
 
 
 # ----------------------------------------------------------------------------
@@ -473,26 +498,41 @@ def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array
   return jnp.sum(sq) / jnp.maximum(jnp.sum(mask), 1)
 
 
+def masked_mae(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean absolute error over the entries where ``mask`` is True (shapes as
+  :func:`masked_mse`); 0 when nothing is selected."""
+  mask = jnp.broadcast_to(mask, pred.shape)
+  err = jnp.where(mask, jnp.abs(pred - target), 0.0)
+  return jnp.sum(err) / jnp.maximum(jnp.sum(mask), 1)
+
+
 def force_stress_loss(
   forces_pred: jax.Array,
   stress_pred: jax.Array,
   forces_target: jax.Array,
   stress_target: jax.Array,
   atom_mask: jax.Array,
+  *,
+  loss: str = "mse",
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """The paper's loss: MSE of standardised forces + MSE of standardised stresses.
+  """The paper's loss: MSE of standardised forces + MSE of standardised stresses
+  (``loss='mae'``: the same with mean absolute errors).
 
   Args:
     forces_pred, forces_target: ``[B, N, 3]`` standardised forces.
     stress_pred, stress_target: ``[B, 3, 3]`` standardised stresses.
     atom_mask: ``[B, N]`` bool, real atoms (structures with none are padding).
+    loss: ``'mse'`` or ``'mae'``.
 
   Returns:
-    ``(loss, (force_mse, stress_mse))``.
+    ``(loss, (force_term, stress_term))``.
   """
+  if loss not in LOSSES:
+    raise ValueError(f"loss {loss!r}: expected one of {LOSSES}")
+  error = masked_mse if loss == "mse" else masked_mae
   structure_mask = jnp.any(atom_mask, axis=1)
-  f = masked_mse(forces_pred, forces_target, atom_mask[..., None])
-  s = masked_mse(stress_pred, stress_target, structure_mask[:, None, None])
+  f = error(forces_pred, forces_target, atom_mask[..., None])
+  s = error(stress_pred, stress_target, structure_mask[:, None, None])
   return f + s, (f, s)
 
 
@@ -519,6 +559,7 @@ class ModelAdapter:
   Attributes:
     kind: ``'force_stress'`` or ``'energy'``.
     config: the model config.
+    loss_kind: ``config.loss`` of the run (``'mse'`` or ``'mae'``).
     init: ``(rng, crystals) -> variables``.
     set_normalization: ``(variables, stats) -> variables``.
     loss: ``(variables, batch, capacity) -> (loss, aux)`` with ``aux`` a dict of
@@ -531,9 +572,12 @@ class ModelAdapter:
   set_normalization: Callable[[dict, dict], dict]
   loss: Callable[[dict, Batch, int], tuple[jax.Array, dict]]
   metric_names: tuple[str, ...]
+  loss_kind: str = "mse"
 
 
-def _force_stress_adapter(model_config: ml_collections.ConfigDict) -> ModelAdapter:
+def _force_stress_adapter(
+  model_config: ml_collections.ConfigDict, loss_kind: str = "mse"
+) -> ModelAdapter:
   from crystal_search.models import force_stress
 
   def init(rng, crystals):
@@ -552,8 +596,8 @@ def _force_stress_adapter(model_config: ml_collections.ConfigDict) -> ModelAdapt
     pred = force_stress.apply(model_config, variables, batch.crystals, capacity=capacity)
     fn, sn = force_stress.normalize_targets(variables, batch.forces, batch.stress)
     mask = batch.crystals.mask
-    value, (f_mse, s_mse) = force_stress_loss(
-      pred.forces_normalized, pred.stress_normalized, fn, sn, mask
+    value, (f_term, s_term) = force_stress_loss(
+      pred.forces_normalized, pred.stress_normalized, fn, sn, mask, loss=loss_kind
     )
     structure = jnp.any(mask, axis=1)
     n_atoms = jnp.sum(mask)
@@ -562,9 +606,11 @@ def _force_stress_adapter(model_config: ml_collections.ConfigDict) -> ModelAdapt
     s_err = jnp.where(structure[:, None, None], pred.stress - batch.stress, 0.0)
     fn_err = jnp.where(mask[..., None], pred.forces_normalized - fn, 0.0)
     sn_err = jnp.where(structure[:, None, None], pred.stress_normalized - sn, 0.0)
+    f_loss = fn_err**2 if loss_kind == "mse" else jnp.abs(fn_err)
+    s_loss = sn_err**2 if loss_kind == "mse" else jnp.abs(sn_err)
     aux = {
-      "force_mse": f_mse,
-      "stress_mse": s_mse,
+      "force_loss": f_term,
+      "stress_loss": s_term,
       # Sums for dataset-level metrics.
       "force_abs_sum": jnp.sum(jnp.abs(f_err)),
       "force_count": 3 * n_atoms,
@@ -572,6 +618,9 @@ def _force_stress_adapter(model_config: ml_collections.ConfigDict) -> ModelAdapt
       "stress_count": 9 * n_struct,
       "force_sq_sum": jnp.sum(fn_err**2),
       "stress_sq_sum": jnp.sum(sn_err**2),
+      # The training loss's terms, summed (equal to the squared sums for 'mse').
+      "force_loss_sum": jnp.sum(f_loss),
+      "stress_loss_sum": jnp.sum(s_loss),
       "overflow": jnp.any(pred.overflow),
     }
     return value, aux
@@ -583,6 +632,7 @@ def _force_stress_adapter(model_config: ml_collections.ConfigDict) -> ModelAdapt
     set_normalization=set_norm,
     loss=loss,
     metric_names=("force_mae", "stress_mae"),
+    loss_kind=loss_kind,
   )
 
 
@@ -629,7 +679,7 @@ def _energy_adapter(model_config: ml_collections.ConfigDict) -> ModelAdapter:
 def model_adapter(config: ml_collections.ConfigDict) -> ModelAdapter:
   """The adapter for ``config.model_kind``."""
   if config.model_kind == "force_stress":
-    return _force_stress_adapter(config.model)
+    return _force_stress_adapter(config.model, str(config.get("loss", "mse")))
   if config.model_kind == "energy":
     return _energy_adapter(config.model)
   raise InputError(f"config.model_kind={config.model_kind!r}: expected one of {MODEL_KINDS}")
@@ -638,7 +688,7 @@ def model_adapter(config: ml_collections.ConfigDict) -> ModelAdapter:
 def dataset_metrics(kind: str, sums: dict[str, float]) -> dict[str, float]:
   """Dataset-level metrics from summed batch outputs.
 
-  ``force_stress``: ``loss`` (standardised MSE sum), ``force_mae`` (eV/Å over
+  ``force_stress``: ``loss`` (the training loss: standardised MSE, or MAE, sum), ``force_mae`` (eV/Å over
   components), ``stress_mae`` (kBar over 9 components).  ``energy``: ``loss``,
   ``energy_mae`` (eV/atom).
   """
@@ -647,8 +697,9 @@ def dataset_metrics(kind: str, sums: dict[str, float]) -> dict[str, float]:
     return float(sums[a]) / float(sums[b]) if sums.get(b) else float("nan")
 
   if kind == "force_stress":
+    term = "loss" if "force_loss_sum" in sums else "sq"
     return {
-      "loss": div("force_sq_sum", "force_count") + div("stress_sq_sum", "stress_count"),
+      "loss": div(f"force_{term}_sum", "force_count") + div(f"stress_{term}_sum", "stress_count"),
       "force_mae": div("force_abs_sum", "force_count"),
       "stress_mae": div("stress_abs_sum", "stress_count"),
     }
@@ -713,7 +764,7 @@ def create_train_state(variables: dict, tx) -> TrainState:
   return _canonical(state.replace(step=jnp.zeros((), jnp.int32)))
 
 
-_STEPS_CACHE: dict[tuple[str, str], tuple[Callable, Callable]] = {}
+_STEPS_CACHE: dict[tuple[str, str, str], tuple[Callable, Callable]] = {}
 
 
 def make_steps(adapter: ModelAdapter):
@@ -745,7 +796,11 @@ def make_steps(adapter: ModelAdapter):
     loss, aux = loss_fn(state.params, state, batch, capacity)
     return dict(aux, loss=loss)
 
-  key = (adapter.kind, json.dumps(adapter.config.to_dict(), sort_keys=True, default=str))
+  key = (
+    adapter.kind,
+    adapter.loss_kind,
+    json.dumps(adapter.config.to_dict(), sort_keys=True, default=str),
+  )
   if key not in _STEPS_CACHE:
     _STEPS_CACHE[key] = (
       jax.jit(train_step, static_argnums=(2,), donate_argnums=(0,)),
@@ -822,6 +877,53 @@ def evaluate_frames(
       if k.endswith(("_sum", "_count")):
         sums[k] = sums.get(k, 0.0) + float(v)
   return dataset_metrics(kind, sums)
+
+
+def load_init_from(config: ml_collections.ConfigDict) -> dict | None:
+  """The exported model ``config.init_from`` names, checked against the config (None when
+  ``init_from`` is empty).
+
+  Returns:
+    ``{'path', 'variables', 'config_hash', 'data_version', 'variables_sha256'}``: the model's
+    variables (numpy) and its provenance (the hash and data version of the run that trained
+    it, from its ``model.json``; a digest of its parameters).
+
+  Raises:
+    InputError: one line when the directory is not a model, holds another kind of model, or a
+      model whose config differs from ``config.model``.
+  """
+  path = str(config.init_from)
+  if not path:
+    return None
+  from crystal_search.models import config as model_config
+  from crystal_search.models import io as model_io
+
+  try:
+    kind, saved, variables, metadata = model_io.load_model(path)
+  except InputError as e:
+    raise InputError(f"config.init_from: {e}") from None
+  if kind != config.model_kind:
+    raise InputError(
+      f"config.init_from={path!r}: a {kind} model, but config.model_kind is {config.model_kind!r}"
+    )
+  want = model_config.from_dict(config.model.to_dict()).to_dict()
+  have = saved.to_dict()
+  differ = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+  if differ:
+    raise InputError(
+      f"config.init_from={path!r}: its model config differs in {', '.join(differ)} "
+      f"(e.g. {differ[0]}: model {have.get(differ[0])!r}, config {want.get(differ[0])!r})"
+    )
+  digest = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(variables):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return {
+    "path": path,
+    "variables": variables,
+    "config_hash": metadata.get("config_hash"),
+    "data_version": metadata.get("data_version"),
+    "variables_sha256": digest.hexdigest()[:16],
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -903,7 +1005,7 @@ def extends(previous: dict | None, config: dict) -> bool:
   longer run are the shorter run's."""
   if not isinstance(previous, dict) or not isinstance(config, dict):
     return False
-  old, new = dict(previous), dict(config)
+  old, new = _hashed(previous), _hashed(config)
   old_epochs, new_epochs = old.pop("num_epochs", None), new.pop("num_epochs", None)
   if old_epochs is None or new_epochs is None or int(new_epochs) < int(old_epochs):
     return False
@@ -1110,6 +1212,7 @@ def train(
   """
   log = log or (lambda _: None)
   validate_config(config)
+  start_from = load_init_from(config)
   # Frame subsets (data.max_*_frames) do not depend on the training seed: every run of a
   # seed sweep sees the same frames.
   dataset = load_dataset(
@@ -1149,6 +1252,10 @@ def train(
     }
   elif resuming and "extended_from" in previous_run:
     record["extended_from"] = previous_run["extended_from"]
+  if start_from is not None:
+    record["init_from"] = {
+      k: start_from[k] for k in ("path", "config_hash", "data_version", "variables_sha256")
+    }
   _write_json(run_file, record)
   train_frames = dataset.splits["train"]
   val_frames = dataset.splits["val"]
@@ -1166,8 +1273,15 @@ def train(
   example = make_batch(
     train_frames, first_idx, max_atoms=first_bucket, batch_size=config.batch_size
   )
-  variables = _initial_variables(adapter, config.seed, example.crystals)
-  variables = adapter.set_normalization(variables, stats)
+  if start_from is not None:
+    variables = start_from["variables"]
+    log(
+      f"starting from {config.init_from} (config hash {start_from['config_hash']}); "
+      "its normalisation statistics are kept"
+    )
+  else:
+    variables = _initial_variables(adapter, config.seed, example.crystals)
+    variables = adapter.set_normalization(variables, stats)
   state = create_train_state(variables, tx)
   train_step, eval_step = make_steps(adapter)
 

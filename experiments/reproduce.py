@@ -41,6 +41,8 @@ Rows (names as in :mod:`experiments.make_tables`):
   (``pretrained.py:cutoff4``, ``GNN (4 Å cutoff; shipped in sessions 7-8)``);
 * ``pretrained_long``: the shipped config trained for 75 epochs instead of 45
   (``pretrained.py:long``, ``GNN (shipped config; 75 epochs)``);
+* ``pretrained_finetune_mae``: the shipped model trained on with the mean absolute error as the
+  loss (``pretrained.py:finetune_mae``, ``GNN (shipped, fine-tuned on MAE)``);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
   heads trained with the shipped budget (``pretrained.py:HEAD``,
   ``GNN stress=HEAD (shipped budget)``): Table 5 at the shipped model's budget.
@@ -89,6 +91,7 @@ ROWS = (
   "pretrained_blocks6",
   "pretrained_blocks4",
   "pretrained_long",
+  "pretrained_finetune_mae",
 )
 
 #: Rows of ``pretrained.py:rattle|rattle_small`` (the shipped config with displaced copies), and
@@ -109,6 +112,7 @@ STRAIN_ROWS = {
   ),
   "pretrained_blocks4": ("pretrained.py:blocks4", "GNN (4 blocks; shipped in session 9)"),
   "pretrained_long": ("pretrained.py:long", "GNN (shipped config; 75 epochs)"),
+  "pretrained_finetune_mae": ("pretrained.py:finetune_mae", "GNN (shipped, fine-tuned on MAE)"),
 }
 #: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).
 STRAIN_SEEDS = {"pretrained": ("0", "1")}

@@ -339,6 +339,52 @@ def test_bad_config_is_refused_in_one_line(edit, pattern):
   assert "\n" not in str(e.value)
 
 
+def test_mae_loss_is_the_mean_absolute_standardised_error():
+  rng = np.random.default_rng(1)
+  fp, ft = rng.normal(size=(2, 4, 3)), rng.normal(size=(2, 4, 3))
+  sp, st = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 3, 3))
+  mask = np.array([[True, True, True, False], [False] * 4])  # structure 2 is padding
+  total, (f, s) = training.force_stress_loss(fp, sp, ft, st, mask, loss="mae")
+  np.testing.assert_allclose(f, np.abs(fp - ft)[0, :3].mean(), rtol=1e-6)
+  np.testing.assert_allclose(s, np.abs(sp - st)[0].mean(), rtol=1e-6)
+  np.testing.assert_allclose(total, f + s, rtol=1e-6)
+  mse, _ = training.force_stress_loss(fp, sp, ft, st, mask)
+  assert not np.isclose(mse, total)
+
+
+@pytest.mark.parametrize(
+  "edit,pattern",
+  [
+    (lambda c: c.__setattr__("loss", "huber"), "config.loss='huber': expected one of"),
+    (
+      lambda c: (c.__setattr__("model_kind", "energy"), c.__setattr__("loss", "mae")),
+      "energy model trains on the mean squared error only",
+    ),
+  ],
+)
+def test_bad_loss_is_refused(edit, pattern):
+  config = _config("test")
+  edit(config)
+  with pytest.raises(InputError, match=pattern):
+    training.validate_config(config)
+
+
+def test_added_training_keys_at_their_old_values_keep_the_hash():
+  config = _config("test")
+  before = config.to_dict()
+  del before["loss"], before["init_from"]
+  from ml_collections import ConfigDict
+
+  old = training.config_hash(ConfigDict(before))
+  assert training.config_hash(config) == old
+  config.loss = "mae"
+  assert training.config_hash(config) != old
+  # A run.json written before the keys existed still extends to a config that has them.
+  longer = _config("test")
+  longer.num_epochs += 1
+  assert training.extends(before, longer.to_dict())
+
+
 def test_config_hash_changes_with_any_value():
   a, b = _config("test"), _config("test")
   assert training.config_hash(a) == training.config_hash(b)
@@ -434,6 +480,68 @@ def test_extend_continues_a_finished_shorter_run(tiny_dataset, tmp_path):
   other = _tiny_config(tiny_dataset, num_epochs=4, learning_rate=5e-4)
   assert not training.extends(short.to_dict(), other.to_dict())
   assert training.extends(short.to_dict(), config.to_dict())
+
+
+def test_init_from_starts_at_an_exported_model_and_mae_fine_tunes_it(tiny_dataset, tmp_path):
+  """``init_from``: the run starts at the exported model's variables (its normalisation kept)
+  and records where it started; ``loss='mae'`` lowers the validation MAE loss it logs."""
+  from crystal_search.models import io as model_io
+
+  base = training.train(_tiny_config(tiny_dataset), str(tmp_path / "a"), progress=False)
+  _, _, start, _ = model_io.load_model(base.model_dir)
+  config = _tiny_config(
+    tiny_dataset, init_from=base.model_dir, loss="mae", num_epochs=1, learning_rate=1e-4
+  )
+  messages = []
+  zero = training.train(
+    config, str(tmp_path / "b"), progress=False, stop_after=0, log=messages.append
+  )
+  assert zero.epochs == 0 and any("starting from" in m for m in messages)
+  for x, y in zip(jax.tree_util.tree_leaves(start["params"]), jax.tree_util.tree_leaves(zero.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  tuned = training.train(config, str(tmp_path / "b"), progress=False)
+  assert tuned.model_dir is not None
+  _, _, after, _ = model_io.load_model(tuned.model_dir)
+  for key in ("force_std", "stress_mean"):
+    np.testing.assert_array_equal(
+      after["normalization"][key], start["normalization"][key]
+    )
+  with open(tmp_path / "b" / "run.json") as f:
+    run = json.load(f)
+  assert run["init_from"]["path"] == base.model_dir
+  assert run["init_from"]["config_hash"] == training.config_hash(_tiny_config(tiny_dataset))
+  # The logged validation loss is the MAE loss: the force and stress MAEs over their standard
+  # deviations, not their squares (within 3 %: the physical outputs are post-processed, e.g.
+  # the stress symmetrised, after the standardised ones).
+  row = training.read_metrics(str(tmp_path / "b"))[-1]
+  f_std, s_std = (np.ravel(start["normalization"][k]) for k in ("force_std", "stress_std"))
+  assert np.all(f_std == f_std[0]) and np.all(s_std == s_std[0])  # one std per quantity
+  f_std, s_std = float(f_std[0]), float(s_std[0])
+  np.testing.assert_allclose(
+    float(row["val_loss"]),
+    float(row["val_force_mae"]) / f_std + float(row["val_stress_mae"]) / s_std,
+    rtol=0.03,
+  )
+
+
+@pytest.mark.parametrize(
+  "edit,pattern",
+  [
+    (lambda c, d: c.__setattr__("init_from", str(d)), "config.init_from: .*not a model directory"),
+    (lambda c, d: c.model.__setattr__("width", 8), "its model config differs in width"),
+    (lambda c, d: c.__setattr__("model_kind", "energy"), "a force_stress model, but"),
+  ],
+)
+def test_init_from_a_mismatched_model_is_refused_in_one_line(tiny_dataset, tmp_path, edit, pattern):
+  base = training.train(
+    _tiny_config(tiny_dataset, num_epochs=1), str(tmp_path / "a"), progress=False
+  )
+  config = _tiny_config(tiny_dataset, init_from=base.model_dir)
+  edit(config, tmp_path)
+  with pytest.raises(InputError, match=pattern) as e:
+    training.train(config, str(tmp_path / "b"), progress=False)
+  assert "\n" not in str(e.value)
+  assert not os.path.exists(tmp_path / "b")
 
 
 def test_neighbour_overflow_grows_capacity_and_redoes_the_step(tiny_dataset, tmp_path, monkeypatch):
