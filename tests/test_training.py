@@ -497,15 +497,15 @@ def test_init_from_starts_at_an_exported_model_and_mae_fine_tunes_it(tiny_datase
     config, str(tmp_path / "b"), progress=False, stop_after=0, log=messages.append
   )
   assert zero.epochs == 0 and any("starting from" in m for m in messages)
-  for x, y in zip(jax.tree_util.tree_leaves(start["params"]), jax.tree_util.tree_leaves(zero.params)):
+  for x, y in zip(
+    jax.tree_util.tree_leaves(start["params"]), jax.tree_util.tree_leaves(zero.params)
+  ):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   tuned = training.train(config, str(tmp_path / "b"), progress=False)
   assert tuned.model_dir is not None
   _, _, after, _ = model_io.load_model(tuned.model_dir)
   for key in ("force_std", "stress_mean"):
-    np.testing.assert_array_equal(
-      after["normalization"][key], start["normalization"][key]
-    )
+    np.testing.assert_array_equal(after["normalization"][key], start["normalization"][key])
   with open(tmp_path / "b" / "run.json") as f:
     run = json.load(f)
   assert run["init_from"]["path"] == base.model_dir
