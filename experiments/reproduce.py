@@ -42,7 +42,7 @@ Rows (names as in :mod:`experiments.make_tables`):
 * ``pretrained_long``: the shipped config trained for 75 epochs instead of 45
   (``pretrained.py:long``, ``GNN (shipped config; 75 epochs)``);
 * ``pretrained_finetune_mae``: the shipped model trained on with the mean absolute error as the
-  loss (``pretrained.py:finetune_mae``, ``GNN (shipped, fine-tuned on MAE)``);
+  loss (``pretrained.py:finetune_mae``, ``GNN (shipped; fine-tuned on MAE)``);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
   heads trained with the shipped budget (``pretrained.py:HEAD``,
   ``GNN stress=HEAD (shipped budget)``): Table 5 at the shipped model's budget.
@@ -112,7 +112,7 @@ STRAIN_ROWS = {
   ),
   "pretrained_blocks4": ("pretrained.py:blocks4", "GNN (4 blocks; shipped in session 9)"),
   "pretrained_long": ("pretrained.py:long", "GNN (shipped config; 75 epochs)"),
-  "pretrained_finetune_mae": ("pretrained.py:finetune_mae", "GNN (shipped, fine-tuned on MAE)"),
+  "pretrained_finetune_mae": ("pretrained.py:finetune_mae", "GNN (shipped; fine-tuned on MAE)"),
 }
 #: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).
 STRAIN_SEEDS = {"pretrained": ("0", "1")}

@@ -38,7 +38,7 @@ The shipped config's own variants (5 Å, strain data):
   standardised forces and stresses as the loss (``loss='mae'``; the tables report MAEs, and a
   squared loss spends its steps on the largest errors), from the learning rate of the shipped
   run's best epoch (``FINETUNE_LR``) halved every ``FINETUNE_HALVING_EPOCHS`` (session 14;
-  row ``GNN (shipped, fine-tuned on MAE)``).
+  row ``GNN (shipped; fine-tuned on MAE)``).
 
 The other variants (none shipped) keep the 4 Å cutoff of ``default.py:cpu``; the rows named
 ``shipped config; ...`` in the tables are variants of ``cutoff4``, the config shipped when they
