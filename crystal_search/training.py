@@ -606,8 +606,6 @@ def _force_stress_adapter(
     s_err = jnp.where(structure[:, None, None], pred.stress - batch.stress, 0.0)
     fn_err = jnp.where(mask[..., None], pred.forces_normalized - fn, 0.0)
     sn_err = jnp.where(structure[:, None, None], pred.stress_normalized - sn, 0.0)
-    f_loss = fn_err**2 if loss_kind == "mse" else jnp.abs(fn_err)
-    s_loss = sn_err**2 if loss_kind == "mse" else jnp.abs(sn_err)
     aux = {
       "force_loss": f_term,
       "stress_loss": s_term,
@@ -618,9 +616,9 @@ def _force_stress_adapter(
       "stress_count": 9 * n_struct,
       "force_sq_sum": jnp.sum(fn_err**2),
       "stress_sq_sum": jnp.sum(sn_err**2),
-      # The training loss's terms, summed (equal to the squared sums for 'mse').
-      "force_loss_sum": jnp.sum(f_loss),
-      "stress_loss_sum": jnp.sum(s_loss),
+      # The training loss's terms as sums (each term is its sum over its count).
+      "force_loss_sum": f_term * (3 * n_atoms),
+      "stress_loss_sum": s_term * (9 * n_struct),
       "overflow": jnp.any(pred.overflow),
     }
     return value, aux
@@ -697,9 +695,8 @@ def dataset_metrics(kind: str, sums: dict[str, float]) -> dict[str, float]:
     return float(sums[a]) / float(sums[b]) if sums.get(b) else float("nan")
 
   if kind == "force_stress":
-    term = "loss" if "force_loss_sum" in sums else "sq"
     return {
-      "loss": div(f"force_{term}_sum", "force_count") + div(f"stress_{term}_sum", "stress_count"),
+      "loss": div("force_loss_sum", "force_count") + div("stress_loss_sum", "stress_count"),
       "force_mae": div("force_abs_sum", "force_count"),
       "stress_mae": div("stress_abs_sum", "stress_count"),
     }
