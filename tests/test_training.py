@@ -620,9 +620,10 @@ def test_energy_baseline_trains_on_energies_per_atom(tiny_dataset, tmp_path):
 
 
 @pytest.mark.parametrize(
-  "kind,config_name", [("force_stress", "pretrained"), ("energy", "pretrained_energy")]
+  "kind,config_name,config_arg",
+  [("force_stress", "pretrained", "finetune_mae"), ("energy", "pretrained_energy", None)],
 )
-def test_shipped_models_come_from_their_committed_configs_and_data(kind, config_name):
+def test_shipped_models_come_from_their_committed_configs_and_data(kind, config_name, config_arg):
   """The package's models were trained by the config and on the dataset the docs name."""
   from crystal_search.models import io as model_io
 
@@ -630,7 +631,7 @@ def test_shipped_models_come_from_their_committed_configs_and_data(kind, config_
   shipped = os.path.join(repo, "crystal_search", "pretrained", kind)
   with open(os.path.join(shipped, "model.json")) as f:
     metadata = json.load(f)["metadata"]
-  config = _config(config_name)
+  config = _config(config_name, config_arg)
   assert metadata["config_hash"] == training.config_hash(config)
   assert metadata["training_config"]["data"]["path"] == config.data.path
   assert model_io.load_model(shipped)[0] == kind

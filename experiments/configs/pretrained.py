@@ -1,6 +1,8 @@
-"""The shipped force/stress model (``crystal_search/pretrained/force_stress``).
+"""The shipped force/stress model's config (``crystal_search/pretrained/force_stress``).
 
   crystal-search train --config=experiments/configs/pretrained.py --workdir=runs/pretrained
+  crystal-search train --config=experiments/configs/pretrained.py:finetune_mae \
+      --workdir=runs/finetune_mae     # the shipped model: the above, fine-tuned on the MAE
 
 ``default.py:cpu`` (the same network widths, augmentation and seed) with a ``CUTOFF`` (5 Å)
 neighbour cutoff instead of 4 Å, so that each atom sees its second shell, ``BLOCKS`` (6)
@@ -15,9 +17,11 @@ longer: ``EPOCHS`` epochs with the learning rate halved every ``HALVING_EPOCHS``
 config beyond the 20-minute CPU budget: about 3 hours on both cores of the 2-core machine
 (~235-400 s an epoch on the 13,385 frames whose cells are thick enough for the model's 2 periodic
 images at 5 Å, by machine; trained over sessions 11-12 as ``pretrained.py:vectors``, the same
-config, resumed from ``experiments/results/probes/vectors``).  Shipped since session 12; the
-configs shipped before are ``pretrained.py:blocks6`` (sessions 10-11), ``:blocks4`` (session 9)
-and ``:cutoff4`` (sessions 7-8).
+config, resumed from ``experiments/results/probes/vectors``).  Shipped in sessions 12-15 (row
+``GNN (vectors; shipped in sessions 12-15)``); since session 16 the package ships
+``pretrained.py:finetune_mae``, this model fine-tuned 12 epochs on the MAE loss (row
+``GNN (shipped)``).  The configs shipped before are ``pretrained.py:blocks6`` (sessions 10-11),
+``:blocks4`` (session 9) and ``:cutoff4`` (sessions 7-8).
 Validation stays on the CPU scale's ``CPU_EVAL_FRAMES`` subset so that the per-epoch
 validation does not dominate the epoch time.
 
@@ -38,7 +42,7 @@ The shipped config's own variants (5 Å, strain data):
   standardised forces and stresses as the loss (``loss='mae'``; the tables report MAEs, and a
   squared loss spends its steps on the largest errors), from the learning rate of the shipped
   run's best epoch (``FINETUNE_LR``) halved every ``FINETUNE_HALVING_EPOCHS`` (session 14;
-  row ``GNN (shipped; fine-tuned on MAE)``).
+  shipped since session 16, row ``GNN (shipped)``).
 
 The other variants (none shipped) keep the 4 Å cutoff of ``default.py:cpu``; the rows named
 ``shipped config; ...`` in the tables are variants of ``cutoff4``, the config shipped when they
