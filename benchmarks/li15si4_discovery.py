@@ -17,7 +17,8 @@ sequence, so the two share their starts.  A final structure "is" the experimenta
 angle_tol 5°, primitive cells, volumes scaled).
 
 Work is written in chunks of ``--chunk`` structures (``WORK/FORCE_FIELD/chunk_START.json``) and
-a rerun skips finished chunks, so a killed run resumes; ``--report`` gathers the chunks:
+a rerun skips finished chunks, so a killed run resumes (and a second process given ``--start``
+takes the chunks from there on); ``--report`` gathers the chunks:
 
     python benchmarks/li15si4_discovery.py --force_field=model --num=1024 --work_dir=runs/li15si4
     python benchmarks/li15si4_discovery.py --force_field=chgnet --num=128 --work_dir=runs/li15si4
@@ -68,7 +69,7 @@ def run_chunks(args) -> None:
   force_field = relax.make_force_field(args.force_field, model=args.model or None)
   energy_fn = search.load_force_field("model")[1] if args.force_field == "model" else None
   references = {EXPERIMENTAL: metrics.load_reference_phases()[EXPERIMENTAL]}
-  for start in range(0, args.num, args.chunk):
+  for start in range(args.start, args.num, args.chunk):
     path = os.path.join(out_dir, f"chunk_{start:05d}.json")
     if os.path.exists(path):
       continue
@@ -407,6 +408,12 @@ def main() -> None:
   )
   parser.add_argument("--num", type=int, default=1024, help="structures [0, num) of the seed")
   parser.add_argument("--chunk", type=int, default=32)
+  parser.add_argument(
+    "--start",
+    type=int,
+    default=0,
+    help="first structure (a multiple of --chunk): a second process can take the later chunks",
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--formula_units", type=int, default=2)
   parser.add_argument("--symmetric_fraction", type=float, default=1.0)
@@ -442,6 +449,10 @@ def main() -> None:
   args = parser.parse_args()
   if args.report:
     report(args)
+  elif not (0 <= args.start < args.num and args.start % args.chunk == 0):
+    raise SystemExit(
+      f"error: --start={args.start}: must be a multiple of --chunk={args.chunk} below --num={args.num}"
+    )
   else:
     run_chunks(args)
 

@@ -32,6 +32,20 @@ def test_missing_model_directory_is_one_line(script, flag, tmp_path):
   assert "Traceback" not in done.stderr and not os.path.exists(out)
 
 
+@pytest.mark.parametrize("start", ["-32", "16", "512"])
+def test_li15si4_discovery_bad_start_is_one_line(start, tmp_path):
+  script = os.path.join(ROOT, "benchmarks", "li15si4_discovery.py")
+  args = [f"--start={start}", "--num=512", "--chunk=32", f"--work_dir={tmp_path / 'run'}"]
+  done = subprocess.run(
+    [sys.executable, script, *args], capture_output=True, text=True, cwd=tmp_path, timeout=300
+  )
+  assert done.returncode == 1 and "Traceback" not in done.stderr
+  assert done.stderr.strip() == (
+    f"error: --start={start}: must be a multiple of --chunk=32 below --num=512"
+  )
+  assert not os.path.exists(tmp_path / "run")
+
+
 def _benchmark(name):
   import importlib
 
