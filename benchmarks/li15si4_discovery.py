@@ -406,7 +406,7 @@ def main() -> None:
   parser.add_argument(
     "--model", default="", help="force/stress model directory (default: the shipped model)"
   )
-  parser.add_argument("--num", type=int, default=1024, help="structures [0, num) of the seed")
+  parser.add_argument("--num", type=int, default=1024, help="structures [start, num) of the seed")
   parser.add_argument("--chunk", type=int, default=32)
   parser.add_argument(
     "--start",
@@ -449,6 +449,8 @@ def main() -> None:
   args = parser.parse_args()
   if args.report:
     report(args)
+  elif args.chunk < 1:
+    raise SystemExit(f"error: --chunk={args.chunk}: must be at least 1")
   elif not (0 <= args.start < args.num and args.start % args.chunk == 0):
     raise SystemExit(
       f"error: --start={args.start}: must be a multiple of --chunk={args.chunk} below --num={args.num}"

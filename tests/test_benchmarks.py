@@ -32,17 +32,23 @@ def test_missing_model_directory_is_one_line(script, flag, tmp_path):
   assert "Traceback" not in done.stderr and not os.path.exists(out)
 
 
-@pytest.mark.parametrize("start", ["-32", "16", "512"])
-def test_li15si4_discovery_bad_start_is_one_line(start, tmp_path):
+@pytest.mark.parametrize(
+  "start, chunk, message",
+  [
+    ("-32", "32", "--start=-32: must be a multiple of --chunk=32 below --num=512"),
+    ("16", "32", "--start=16: must be a multiple of --chunk=32 below --num=512"),
+    ("512", "32", "--start=512: must be a multiple of --chunk=32 below --num=512"),
+    ("0", "0", "--chunk=0: must be at least 1"),
+  ],
+)
+def test_li15si4_discovery_bad_start_or_chunk_is_one_line(start, chunk, message, tmp_path):
   script = os.path.join(ROOT, "benchmarks", "li15si4_discovery.py")
-  args = [f"--start={start}", "--num=512", "--chunk=32", f"--work_dir={tmp_path / 'run'}"]
+  args = [f"--start={start}", "--num=512", f"--chunk={chunk}", f"--work_dir={tmp_path / 'run'}"]
   done = subprocess.run(
     [sys.executable, script, *args], capture_output=True, text=True, cwd=tmp_path, timeout=300
   )
   assert done.returncode == 1 and "Traceback" not in done.stderr
-  assert done.stderr.strip() == (
-    f"error: --start={start}: must be a multiple of --chunk=32 below --num=512"
-  )
+  assert done.stderr.strip() == f"error: {message}"
   assert not os.path.exists(tmp_path / "run")
 
 
