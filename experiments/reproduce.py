@@ -43,7 +43,8 @@ Rows (names as in :mod:`experiments.make_tables`):
 * ``pretrained_long``: the shipped config trained for 75 epochs instead of 45
   (``pretrained.py:long``, ``GNN (shipped config; 75 epochs)``);
 * ``pretrained_finetune_mae``: the ``pretrained`` model trained on with the mean absolute error
-  as the loss (``pretrained.py:finetune_mae``, ``GNN (shipped)``: shipped since session 16);
+  as the loss (``pretrained.py:finetune_mae``, ``GNN (shipped)``: shipped since session 16; seeds
+  0 and 1, the package ships seed 0);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
   heads trained with the shipped budget (``pretrained.py:HEAD``,
   ``GNN stress=HEAD (shipped budget)``): Table 5 at the shipped model's budget.
@@ -115,8 +116,10 @@ STRAIN_ROWS = {
   "pretrained_long": ("pretrained.py:long", "GNN (shipped config; 75 epochs)"),
   "pretrained_finetune_mae": ("pretrained.py:finetune_mae", "GNN (shipped)"),
 }
-#: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).
-STRAIN_SEEDS = {"pretrained": ("0", "1")}
+#: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).  The
+#: fine-tune's seed 1 starts from the same model as seed 0 (``FINETUNE_FROM``): its spread is the
+#: fine-tune's own (batch order, augmentation), not the base run's; the package ships seed 0.
+STRAIN_SEEDS = {"pretrained": ("0", "1"), "pretrained_finetune_mae": ("0", "1")}
 #: Suffix of the rows of the paper's stress heads trained with the shipped budget.
 SHIPPED_BUDGET_SUFFIX = " (shipped budget)"
 
