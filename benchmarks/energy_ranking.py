@@ -15,7 +15,7 @@ single points), per composition:
 Relaxed finals and teacher energies are cached in ``--work_dir`` (a rerun with other energy
 models re-scores without relaxing again):
 
-    python benchmarks/energy_ranking.py --energy_models=shipped,strain=runs/energy_strain/model
+    python benchmarks/energy_ranking.py --num=32 --energy_models=shipped,other=RUN_DIR/model
 """
 
 from __future__ import annotations
@@ -61,6 +61,15 @@ def relaxed_finals(args, composition: str) -> list[dict]:
   return rows
 
 
+def _force_model() -> dict:
+  """The shipped force/stress model's provenance: its run's config hash and data version."""
+  from crystal_search import search
+
+  with open(os.path.join(search.PRETRAINED_DIR, "force_stress", "model.json")) as f:
+    metadata = json.load(f).get("metadata", {})
+  return {k: metadata.get(k) for k in ("config_hash", "data_version", "best_epoch")}
+
+
 def score(model_e: np.ndarray, teacher_e: np.ndarray) -> dict:
   """Spearman rho, offset-free MAE and regret (meV/atom) of model vs teacher energies per atom."""
   from scipy.stats import spearmanr
@@ -99,6 +108,7 @@ def main() -> None:
     "machine": _common.machine(),
     "settings": {**SETTINGS, "max_steps": args.max_steps, "num": args.num, "seed": args.seed},
     "models": {name: path or "shipped" for name, path in models.items()},
+    "force_model": _force_model(),
     "compositions": {},
   }
   for composition in args.compositions.split(","):
@@ -116,8 +126,8 @@ def main() -> None:
     f"`{result['command']}`",
     "",
     f"Machine: {_common.describe(result['machine'])}. Per composition {args.num} seeded random "
-    "cells (the search's generator defaults), relaxed by the shipped force/stress model with the "
-    f"teacher's settings (≤ {args.max_steps} steps); converged finals scored by each energy "
+    "cells (the search's generator defaults), relaxed by the shipped force/stress model (config "
+    f"hash {result['force_model']['config_hash']}) with the teacher's settings (≤ {args.max_steps} steps); converged finals scored by each energy "
     "model and by CHGNet. ρ: Spearman rank correlation with CHGNet; MAE: meV/atom after "
     "removing the mean offset; regret: CHGNet energy of the model's lowest cell above CHGNet's "
     f"lowest (meV/atom). Models: {', '.join(f'`{k}` = {v}' for k, v in result['models'].items())}."
