@@ -13,7 +13,8 @@ single points), per composition:
   lowest.
 
 Relaxed finals and teacher energies are cached in ``--work_dir`` (a rerun with other energy
-models re-scores without relaxing again):
+models re-scores without relaxing again; other cells, settings or a different shipped
+force/stress model relax again):
 
     python benchmarks/energy_ranking.py --num=32 --energy_models=shipped,other=RUN_DIR/model
 """
@@ -37,9 +38,14 @@ def relaxed_finals(args, composition: str) -> list[dict]:
   from crystal_search.crystals import from_structures
 
   path = os.path.join(args.work_dir, f"{composition}.json")
+  # The cache holds for the same cells, relaxer settings and relaxing model only.
+  key = {"num": args.num, "seed": args.seed, "max_steps": args.max_steps, **_force_model()}
   if os.path.exists(path):
     with open(path) as f:
-      return json.load(f)["finals"]
+      cached = json.load(f)
+    if cached.get("key") == key:
+      return cached["finals"]
+    print(f"{path}: made with other settings or another model; relaxing again", flush=True)
   force_field = relax.make_force_field("model")
   made = random_structures.generate(composition, args.num, seed=args.seed)
   t0 = time.perf_counter()
@@ -56,7 +62,9 @@ def relaxed_finals(args, composition: str) -> list[dict]:
   ]
   os.makedirs(args.work_dir, exist_ok=True)
   with open(path + ".tmp", "w") as f:
-    json.dump({"relaxed": len(results), "relax_s": round(t1 - t0, 1), "finals": rows}, f)
+    json.dump(
+      {"key": key, "relaxed": len(results), "relax_s": round(t1 - t0, 1), "finals": rows}, f
+    )
   os.replace(path + ".tmp", path)
   return rows
 

@@ -238,3 +238,30 @@ def test_training_curves_match_epochs_and_time_steps(tmp_path):
   }
   text = bench.to_markdown(report)
   assert "| 1 | 0.1000 | 4.000 | 0.0500 (-50 %) | 4.000 (+0 %) |" in text and "1.00×" in text
+
+
+def test_energy_ranking_reuses_its_cache_only_for_the_same_cells_and_model(tmp_path, monkeypatch):
+  import argparse
+
+  from crystal_search import relax
+
+  er = _benchmark("energy_ranking")
+  args = argparse.Namespace(work_dir=str(tmp_path), num=4, seed=0, max_steps=300)
+  key = {"num": 4, "seed": 0, "max_steps": 300, **er._force_model()}
+  assert key["config_hash"]  # the shipped model's run is named
+  finals = [{"structure": {}, "teacher_energy_per_atom": -1.0}]
+  with open(tmp_path / "LiSi.json", "w") as f:
+    json.dump({"key": key, "finals": finals}, f)
+
+  def no_relaxing(*_, **__):
+    raise RuntimeError("relaxed again")
+
+  monkeypatch.setattr(relax, "make_force_field", no_relaxing)
+  assert er.relaxed_finals(args, "LiSi") == finals
+  for changed in ({"num": 8}, {"seed": 1}, {"max_steps": 600}):
+    with pytest.raises(RuntimeError, match="relaxed again"):
+      er.relaxed_finals(argparse.Namespace(**{**vars(args), **changed}), "LiSi")
+  with open(tmp_path / "LiSi.json", "w") as f:  # a cache from another model
+    json.dump({"key": {**key, "config_hash": "other"}, "finals": finals}, f)
+  with pytest.raises(RuntimeError, match="relaxed again"):
+    er.relaxed_finals(args, "LiSi")
