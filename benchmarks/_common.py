@@ -1,4 +1,5 @@
-"""What every benchmark records beside its numbers: the machine it ran on and its command line.
+"""What every benchmark records beside its numbers: the machine it ran on, its command line and
+the shipped models it measured.
 
 The scripts run as ``python benchmarks/NAME.py`` (so this folder is on ``sys.path``) and import
 this module as ``_common``.
@@ -6,6 +7,7 @@ this module as ``_common``.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -52,6 +54,18 @@ def command_line(argv: list[str] | None = None) -> str:
   """The command that ran this script, as it can be pasted into a shell."""
   argv = sys.argv if argv is None else argv
   return " ".join(["python", *(shlex.quote(a) for a in argv)])
+
+
+def shipped_metadata(name: str) -> dict | None:
+  """The ``metadata`` of the package's ``pretrained/NAME/model.json`` (its run's config hash, data
+  version, test metrics, ...), or None when the package ships no such model."""
+  from crystal_search.search import PRETRAINED_DIR
+
+  path = os.path.join(PRETRAINED_DIR, name, "model.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get("metadata", {})
 
 
 def parse_models(text: str) -> dict[str, str | None]:

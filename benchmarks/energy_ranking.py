@@ -32,14 +32,17 @@ import numpy as np
 SETTINGS = dict(potim=0.4, smass=2.0, fmax=0.05, smax=5.0)
 
 
-def relaxed_finals(args, composition: str) -> list[dict]:
-  """Converged finals of ``composition`` (cached): structure dicts, with the teacher's eV/atom."""
+def relaxed_finals(args, composition: str, force_model: dict) -> list[dict]:
+  """Converged finals of ``composition`` (cached): structure dicts, with the teacher's eV/atom.
+
+  ``force_model``: :func:`force_model` of the shipped force/stress model that relaxes them.
+  """
   from crystal_search import random_structures, relax
   from crystal_search.crystals import from_structures
 
   path = os.path.join(args.work_dir, f"{composition}.json")
   # The cache holds for the same cells, relaxer settings and relaxing model only.
-  key = {"num": args.num, "seed": args.seed, "max_steps": args.max_steps, **_force_model()}
+  key = {"num": args.num, "seed": args.seed, "max_steps": args.max_steps, **force_model}
   if os.path.exists(path):
     with open(path) as f:
       cached = json.load(f)
@@ -69,12 +72,10 @@ def relaxed_finals(args, composition: str) -> list[dict]:
   return rows
 
 
-def _force_model() -> dict:
-  """The shipped force/stress model's provenance: its run's config hash and data version."""
-  from crystal_search import search
-
-  with open(os.path.join(search.PRETRAINED_DIR, "force_stress", "model.json")) as f:
-    metadata = json.load(f).get("metadata", {})
+def force_model() -> dict:
+  """The shipped force/stress model's provenance: its run's config hash, data version and best
+  epoch."""
+  metadata = _common.shipped_metadata("force_stress") or {}
   return {k: metadata.get(k) for k in ("config_hash", "data_version", "best_epoch")}
 
 
@@ -116,11 +117,11 @@ def main() -> None:
     "machine": _common.machine(),
     "settings": {**SETTINGS, "max_steps": args.max_steps, "num": args.num, "seed": args.seed},
     "models": {name: path or "shipped" for name, path in models.items()},
-    "force_model": _force_model(),
+    "force_model": force_model(),
     "compositions": {},
   }
   for composition in args.compositions.split(","):
-    rows = relaxed_finals(args, composition)
+    rows = relaxed_finals(args, composition, result["force_model"])
     structures = [Structure.from_dict(r["structure"]) for r in rows]
     teacher_e = np.array([r["teacher_energy_per_atom"] for r in rows])
     result["compositions"][composition] = {
@@ -135,8 +136,8 @@ def main() -> None:
     "",
     f"Machine: {_common.describe(result['machine'])}. Per composition {args.num} seeded random "
     "cells (the search's generator defaults), relaxed by the shipped force/stress model (config "
-    f"hash {result['force_model']['config_hash']}) with the teacher's settings (≤ {args.max_steps} steps); converged finals scored by each energy "
-    "model and by CHGNet. ρ: Spearman rank correlation with CHGNet; MAE: meV/atom after "
+    f"hash {result['force_model']['config_hash']}) with the teacher's settings "
+    f"(≤ {args.max_steps} steps); converged finals scored by each energy model and by CHGNet. ρ: Spearman rank correlation with CHGNet; MAE: meV/atom after "
     "removing the mean offset; regret: CHGNet energy of the model's lowest cell above CHGNet's "
     f"lowest (meV/atom). Models: {', '.join(f'`{k}` = {v}' for k, v in result['models'].items())}."
     " Li15Si4 is held out of every model's training data. Raw numbers: "

@@ -22,15 +22,10 @@ import numpy as np
 
 
 def _model_info() -> dict:
-  from crystal_search.search import PRETRAINED_DIR
-
   info = {}
   for name in ("force_stress", "energy"):
-    path = os.path.join(PRETRAINED_DIR, name, "model.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        meta = json.load(f)
-      meta = meta.get("metadata", {})
+    meta = _common.shipped_metadata(name)
+    if meta is not None:
       info[name] = {
         "data_version": meta.get("data_version"),
         "test_metrics": meta.get("test_metrics", {}).get("test"),

@@ -247,7 +247,8 @@ def test_energy_ranking_reuses_its_cache_only_for_the_same_cells_and_model(tmp_p
 
   er = _benchmark("energy_ranking")
   args = argparse.Namespace(work_dir=str(tmp_path), num=4, seed=0, max_steps=300)
-  key = {"num": 4, "seed": 0, "max_steps": 300, **er._force_model()}
+  model = er.force_model()
+  key = {"num": 4, "seed": 0, "max_steps": 300, **model}
   assert key["config_hash"]  # the shipped model's run is named
   finals = [{"structure": {}, "teacher_energy_per_atom": -1.0}]
   with open(tmp_path / "LiSi.json", "w") as f:
@@ -257,11 +258,11 @@ def test_energy_ranking_reuses_its_cache_only_for_the_same_cells_and_model(tmp_p
     raise RuntimeError("relaxed again")
 
   monkeypatch.setattr(relax, "make_force_field", no_relaxing)
-  assert er.relaxed_finals(args, "LiSi") == finals
+  assert er.relaxed_finals(args, "LiSi", model) == finals
   for changed in ({"num": 8}, {"seed": 1}, {"max_steps": 600}):
     with pytest.raises(RuntimeError, match="relaxed again"):
-      er.relaxed_finals(argparse.Namespace(**{**vars(args), **changed}), "LiSi")
+      er.relaxed_finals(argparse.Namespace(**{**vars(args), **changed}), "LiSi", model)
   with open(tmp_path / "LiSi.json", "w") as f:  # a cache from another model
     json.dump({"key": {**key, "config_hash": "other"}, "finals": finals}, f)
   with pytest.raises(RuntimeError, match="relaxed again"):
-    er.relaxed_finals(args, "LiSi")
+    er.relaxed_finals(args, "LiSi", model)
