@@ -24,6 +24,10 @@
   latest checkpoints with orbax every epoch, resumption from the latest one.
   The data order and augmentation depend only on ``(seed, epoch)``, so a killed
   and resumed run ends with the same parameters as an uninterrupted one.
+* **Time budget** (``max_train_minutes``, 0 = none; for a lent accelerator): the run ends
+  after the epoch in which its summed epoch time reaches the budget and exports its best
+  model, as a finished run does (``stopped_on_budget`` in the model's metadata).  How many
+  epochs that is depends on the machine; resumption still continues the same sequence.
 * **Fine-tuning**: ``init_from`` names an exported model (:func:`crystal_search.models.io.
   save_model`) of the same kind and model config whose variables (parameters and
   normalisation statistics) replace the initialisation; the optimiser starts afresh.
@@ -75,7 +79,7 @@ MODEL_KINDS = ("force_stress", "energy")
 LOSSES = ("mse", "mae")
 #: Training keys added after runs were hashed, left out of :func:`config_hash` (and of
 #: :func:`extends`) at these values, so those runs keep their hashes.
-HASH_NEUTRAL_KEYS = {"loss": "mse", "init_from": ""}
+HASH_NEUTRAL_KEYS = {"loss": "mse", "init_from": "", "max_train_minutes": 0.0}
 #: Dataset splits read from ``config.data.path``.
 REQUIRED_SPLITS = ("train", "val")
 OPTIONAL_SPLITS = ("test", "holdout")
@@ -124,6 +128,10 @@ def get_default_config() -> ml_collections.ConfigDict:
 
   c.capacity_margin = 1.2  # neighbour capacity = margin * largest count in the data
   c.checkpoint_every_epochs = 1
+  # Wall-clock budget (minutes, 0 = none): the run ends after the epoch in which the training
+  # epochs' summed time (over all invocations, as in metrics.csv) reaches it, and exports its
+  # best model as a finished run does.  The number of epochs then depends on the machine.
+  c.max_train_minutes = 0.0
   return c
 
 
@@ -168,6 +176,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(isinstance(given[key], int) and given[key] >= 1, key, "must be an integer >= 1")
   for key in ("patience", "data.max_train_frames", "data.max_eval_frames"):
     need(isinstance(given[key], int) and given[key] >= 0, key, "must be an integer >= 0")
+  need(
+    isinstance(given["max_train_minutes"], float | int) and given["max_train_minutes"] >= 0,
+    "max_train_minutes",
+    "must be >= 0 (0: no budget)",
+  )
   need(given["checkpoint_every_epochs"] >= 1, "checkpoint_every_epochs", "must be >= 1")
   need(given["grad_clip"] >= 0, "grad_clip", "must be >= 0")
   need(given["capacity_margin"] >= 1.0, "capacity_margin", "must be >= 1")
@@ -1006,6 +1019,10 @@ def extends(previous: dict | None, config: dict) -> bool:
   old_epochs, new_epochs = old.pop("num_epochs", None), new.pop("num_epochs", None)
   if old_epochs is None or new_epochs is None or int(new_epochs) < int(old_epochs):
     return False
+  old_budget = float(old.pop("max_train_minutes", 0.0) or 0.0)
+  new_budget = float(new.pop("max_train_minutes", 0.0) or 0.0)
+  if old_budget and new_budget and new_budget < old_budget:
+    return False
   return json.dumps(old, sort_keys=True, default=str) == json.dumps(
     new, sort_keys=True, default=str
   )
@@ -1291,14 +1308,20 @@ def train(
     "capacities": None,
     "finished": False,
     "stopped_early": False,
+    "train_seconds": 0.0,
+    "stopped_on_budget": False,
   }
   restored = checkpoints.restore_latest(state) if resuming else None
   if restored is not None:
     state, meta = restored
     log(f"resuming from epoch {meta['epoch']} in {workdir}")
+    meta.setdefault("train_seconds", 0.0)
+    meta.setdefault("stopped_on_budget", False)
     if extended and int(meta["epoch"]) < config.num_epochs and not meta["stopped_early"]:
-      meta["finished"] = False
-      log(f"extending the run to {config.num_epochs} epochs")
+      if not meta["stopped_on_budget"] or not _budget_spent(config, meta):
+        meta["finished"] = False
+        meta["stopped_on_budget"] = False
+        log(f"extending the run to {config.num_epochs} epochs")
   resumed_from = int(meta["epoch"])
   if meta["capacities"]:
     capacities = {int(k): int(v) for k, v in meta["capacities"].items()}
@@ -1377,6 +1400,11 @@ def train(
         meta["stopped_early"] = True
       if epoch >= config.num_epochs:
         meta["finished"] = True
+      seconds = round(time.time() - start, 3)
+      meta["train_seconds"] = float(meta["train_seconds"]) + seconds
+      if not meta["finished"] and _budget_spent(config, meta):
+        meta["finished"] = True
+        meta["stopped_on_budget"] = True
       row = {
         "epoch": epoch,
         "step": int(state.step),
@@ -1385,7 +1413,7 @@ def train(
         "val_loss": val["loss"],
         **{f"val_{m}": val[m] for m in adapter.metric_names},
         "skipped_steps": skipped,
-        "seconds": round(time.time() - start, 3),
+        "seconds": seconds,
       }
       # The row first: a run killed before its checkpoint is written resumes from the previous
       # one and drops the rows after it.
@@ -1413,6 +1441,11 @@ def train(
       )
     if meta["stopped_early"]:
       log(f"early stopping after epoch {meta['epoch']} (best epoch {meta['best_epoch']})")
+    if meta.get("stopped_on_budget"):
+      log(
+        f"time budget of {config.max_train_minutes} min spent after epoch {meta['epoch']} "
+        f"({meta['train_seconds'] / 60:.1f} min of training; best epoch {meta['best_epoch']})"
+      )
     model_dir = os.path.join(workdir, "model")
     exported = _exported_metadata(model_dir, digest, dataset.version) if epochs_run == 0 else None
     if exported is not None:
@@ -1449,6 +1482,8 @@ def train(
           "best_epoch": int(meta["best_epoch"]),
           "epochs": int(meta["epoch"]),
           "stopped_early": bool(meta["stopped_early"]),
+          "stopped_on_budget": bool(meta.get("stopped_on_budget", False)),
+          "train_minutes": round(float(meta.get("train_seconds", 0.0)) / 60, 2),
           "val_metrics": dict(meta.get("best_val") or {}),
           "test_metrics": test_metrics,
           "normalization": {k: float(v) for k, v in stats.items()},
@@ -1470,6 +1505,12 @@ def train(
   finally:
     metrics_log.close()
     checkpoints.close()
+
+
+def _budget_spent(config: ml_collections.ConfigDict, meta: dict) -> bool:
+  """Whether the run's training time (``meta['train_seconds']``) has reached its budget."""
+  budget = float(config.max_train_minutes)
+  return budget > 0 and float(meta.get("train_seconds", 0.0)) >= 60.0 * budget
 
 
 def _exported_metadata(model_dir: str, digest: str, data_version: str) -> dict | None:

@@ -596,6 +596,45 @@ def test_early_stopping_after_patience_epochs(tiny_dataset, tmp_path, monkeypatc
   assert model_json.exists() and third.test == result.test
 
 
+def test_time_budget_ends_the_run_and_exports_its_best_model(tiny_dataset, tmp_path, monkeypatch):
+  """``max_train_minutes``: the run ends after the epoch in which its summed epoch time reaches
+  the budget (counted over invocations), exports its best model as a finished run does, and a
+  larger budget with ``extend`` continues it."""
+  import types
+
+  clock = {"t": 0.0}
+
+  def fake_time():  # each epoch: one call at its start, one at its end, 30 s apart
+    clock["t"] += 30.0
+    return clock["t"]
+
+  monkeypatch.setattr(training, "time", types.SimpleNamespace(time=fake_time))
+  from crystal_search.models import io as model_io
+
+  config = _tiny_config(tiny_dataset, num_epochs=10, patience=0, max_train_minutes=1.5)
+  messages = []
+  part = training.train(config, str(tmp_path / "w"), progress=False, stop_after=1)
+  assert part.epochs == 1 and part.model_dir is None
+  result = training.train(config, str(tmp_path / "w"), progress=False, log=messages.append)
+  assert result.epochs == 3 and result.model_dir is not None and not result.stopped_early
+  assert any("time budget of 1.5 min spent after epoch 3" in m for m in messages), messages
+  _, _, _, metadata = model_io.load_model(result.model_dir)
+  assert metadata["stopped_on_budget"] and metadata["train_minutes"] == 1.5
+  assert [int(r["epoch"]) for r in training.read_metrics(str(tmp_path / "w"))] == [1, 2, 3]
+  # A larger budget is an extension of the run; a smaller one is not.
+  more = _tiny_config(tiny_dataset, num_epochs=10, patience=0, max_train_minutes=2.0)
+  assert training.extends(config.to_dict(), more.to_dict())
+  assert not training.extends(more.to_dict(), config.to_dict())
+  longer = training.train(more, str(tmp_path / "w"), progress=False, extend=True)
+  assert longer.resumed_from == 3 and longer.epochs == 4
+  # No budget: the same config trains its epochs; the key is left out of the hash at 0.
+  assert training.config_hash(_tiny_config(tiny_dataset)) == training.config_hash(
+    _tiny_config(tiny_dataset, max_train_minutes=0.0)
+  )
+  with pytest.raises(InputError, match="max_train_minutes"):
+    training.validate_config(_tiny_config(tiny_dataset, max_train_minutes=-1.0))
+
+
 @pytest.mark.slow
 def test_energy_baseline_trains_on_energies_per_atom(tiny_dataset, tmp_path):
   config = _config("energy_baseline")

@@ -44,6 +44,16 @@ The shipped config's own variants (5 Å, strain data):
   run's best epoch (``FINETUNE_LR``) halved every ``FINETUNE_HALVING_EPOCHS`` (session 14;
   shipped since session 16, row ``GNN (shipped)``).
 
+The accelerator scale of the shipped config (``scale='paper'``; for a lent GPU,
+``scripts/device/train_large.sh``, which sets ``max_train_minutes``):
+
+* ``pretrained.py:large``: the shipped config at the paper's depth and width (``LARGE``: 7
+  blocks of width 64, heads 64-32, 32 vector channels), validated on every validation frame,
+  up to ``LARGE_EPOCHS`` epochs with the learning rate halved every ``LARGE_HALVING_EPOCHS``
+  (a time budget usually ends it first), no early stopping;
+* ``pretrained.py:large_finetune_mae``: ``large``'s export (``LARGE_WORKDIR/model``) trained on
+  with the MAE loss, as ``finetune_mae`` does for the shipped model.
+
 The other variants (none shipped) keep the 4 Å cutoff of ``default.py:cpu``; the rows named
 ``shipped config; ...`` in the tables are variants of ``cutoff4``, the config shipped when they
 were trained (4 blocks, 4 Å):
@@ -116,8 +126,15 @@ FINETUNE_FROM = "experiments/results/probes/vectors/model"
 FINETUNE_EPOCHS = 12
 FINETUNE_LR = 2.5e-4
 FINETUNE_HALVING_EPOCHS = 4
+#: ``large``: the shipped config at the paper's depth and width, for accelerators; its epochs
+#: and halving period (a ``max_train_minutes`` budget usually ends it first), and the workdir
+#: whose export ``large_finetune_mae`` starts from.
+LARGE = {"num_blocks": 7, "width": 64, "head_widths": (64, 32), "vector_channels": 32}
+LARGE_EPOCHS = 60
+LARGE_HALVING_EPOCHS = 10
+LARGE_WORKDIR = "runs/pretrained_large"
 #: Variants of the shipped config itself (5 Å, strain data); the others keep 4 Å.
-SHIPPED_VARIANTS = ("blocks6", "blocks4", "long", "finetune_mae")
+SHIPPED_VARIANTS = ("blocks6", "blocks4", "long", "finetune_mae", "large", "large_finetune_mae")
 VARIANTS = (*SHIPPED_VARIANTS, "cutoff4", "no_strain", "wide", *RATTLE_DATA, *PAPER_HEADS)
 
 
@@ -157,6 +174,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "wide":
     for key, value in WIDE.items():
       c.model[key] = value
+  if arg in ("large", "large_finetune_mae"):
+    c.scale = "paper"
+    for key, value in LARGE.items():
+      c.model[key] = value
+    c.data.max_eval_frames = 0
+    c.num_epochs = LARGE_EPOCHS
+    c.lr_halving_epochs = LARGE_HALVING_EPOCHS
+    c.patience = 0
+  if arg == "large_finetune_mae":
+    c.init_from = f"{LARGE_WORKDIR}/model"
+    c.loss = "mae"
+    c.num_epochs = FINETUNE_EPOCHS
+    c.learning_rate = FINETUNE_LR
+    c.lr_halving_epochs = FINETUNE_HALVING_EPOCHS
   if seed:
     c.seed = int(seed)
   return c
