@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   [
     ("equation_of_state.py", "--models=x=/nonexistent/model"),
     ("relax_throughput.py", "--model=/nonexistent/model"),
+    ("committees.py", "--models=x=/nonexistent/model"),
   ],
 )
 def test_missing_model_directory_is_one_line(script, flag, tmp_path):
