@@ -57,17 +57,19 @@ def test_tree_hide_untracks_bulky_paths_blocks_commits_and_restore_puts_them_bac
 
 
 @pytest.mark.slow
-def test_train_large_runs_both_stages_and_packs_their_models(tmp_path):
-  """A dry run of the device training script on the CPU, on a tiny model and dataset: the
-  ``large`` run stops on its time budget, the MAE fine-tune starts from its export, and $OUT
-  holds the log, the summary and one tarball per run."""
+@pytest.mark.parametrize("stages", ["", "large large_finetune_mae"])
+def test_train_large_runs_its_stages_and_packs_their_models(tmp_path, stages):
+  """A dry run of the device training script on the CPU, on a tiny model and dataset: by
+  default one ``large_mae`` run on the MAE loss for what is left of the budget; with two
+  stages, ``large`` stops on its time budget and the MAE fine-tune starts from its export.
+  $OUT holds the log, the summary and one tarball per run."""
   data = make_dataset(str(tmp_path / "data"), seed=3, sizes=(4, 5, 6), counts=None)
   out = tmp_path / "out"
   out.mkdir()
   extra = (
     f"--config.data.path={data} --config.model.cutoff=4.0 --config.model.width=8 "
     "--config.model.num_blocks=1 --config.model.vector_channels=2 "
-    "--config.model.head_widths=(8,) --config.model.embed_dim=4"
+    "--config.model.head_widths=(8,) --config.model.embed_dim=4 --config.num_epochs=2"
   )
   env = dict(
     os.environ,
@@ -79,20 +81,31 @@ def test_train_large_runs_both_stages_and_packs_their_models(tmp_path):
     WHEELS="",
     PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
   )
+  if stages:
+    env["STAGES"] = stages
   proc = subprocess.run(
     ["bash", "scripts/device/train_large.sh"], cwd=ROOT, env=env, capture_output=True, text=True
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   summary = json.loads((out / "summary.json").read_text())
   assert summary["environment"]["jax"]
-  large, mae = summary["pretrained_large"], summary["pretrained_large_mae"]
+  assert "== done" in (out / "log.txt").read_text()
+  if not stages:
+    assert set(summary) == {"environment", "pretrained_large_mae"}
+    run = summary["pretrained_large_mae"]
+    # The last (only) stage gets the rest of TOTAL_MIN: here its 2 epochs end it first.
+    assert run["rc"] == 0 and not run["stopped_on_budget"] and run["epochs"] == 2
+    assert len(run["seconds_per_epoch"]) == 2 and set(run["test_metrics"]) >= {"test"}
+    config = json.loads((tmp_path / "runs" / "pretrained_large_mae" / "run.json").read_text())
+    assert config["config"]["loss"] == "mae" and config["config"]["model"]["width"] == 8
+    return
+  large, mae = summary["pretrained_large"], summary["pretrained_large_finetune_mae"]
   assert large["rc"] == 0 and large["stopped_on_budget"] and large["epochs"] == 1
   assert mae["rc"] == 0 and mae["config"].endswith("pretrained.py:large_finetune_mae")
   assert set(large["test_metrics"]) >= {"test"} and len(large["seconds_per_epoch"]) == 1
-  run = json.loads((tmp_path / "runs" / "pretrained_large_mae" / "run.json").read_text())
+  run = json.loads((tmp_path / "runs" / "pretrained_large_finetune_mae" / "run.json").read_text())
   assert run["init_from"]["path"].endswith("pretrained_large/model")
   assert run["config"]["loss"] == "mae"
   with tarfile.open(out / "pretrained_large.tgz") as tar:
     names = tar.getnames()
   assert "pretrained_large/model/model.json" in names and "pretrained_large/metrics.csv" in names
-  assert "== done" in (out / "log.txt").read_text()

@@ -311,6 +311,21 @@ def test_config_values_of_the_paper():
   assert long.pop("num_epochs") == 75 and shipped.pop("num_epochs") == 45
   assert long == shipped
   assert _config("pretrained", "no_strain").model.cutoff == 4.0
+  # 'large' (for accelerators) is the shipped config at the paper's depth and width, every
+  # validation frame, no early stopping; 'large_mae' the same on the MAE loss.
+  shipped, large = _config("pretrained").to_dict(), _config("pretrained", "large").to_dict()
+  for key, value in {"num_blocks": 7, "width": 64, "head_widths": (64, 32)}.items():
+    assert tuple(np.ravel(large["model"].pop(key))) == tuple(np.ravel(value))
+    shipped["model"].pop(key)
+  assert large["model"].pop("vector_channels") == 32 and shipped["model"].pop("vector_channels")
+  assert large["model"] == shipped["model"] and large["data"]["path"] == shipped["data"]["path"]
+  assert large["data"]["max_eval_frames"] == 0 and large["patience"] == 0
+  assert large["scale"] == "paper" and large["loss"] == "mse"
+  large, large_mae = (_config("pretrained", v).to_dict() for v in ("large", "large_mae"))
+  assert large_mae.pop("loss") == "mae" and large.pop("loss") == "mse"
+  assert large_mae == large
+  tune = _config("pretrained", "large_finetune_mae")
+  assert tune.init_from == "runs/pretrained_large/model" and tune.loss == "mae"
 
 
 @pytest.mark.parametrize("arg", ["plane,bogus", "virial,node", "plane,edge,node", "tetra"])

@@ -3,20 +3,24 @@
 # `bash scripts/device/prepare.sh` here.  See scripts/device/README.md for the call.
 #
 # 1. installs the carried wheels (.whl/) into /tmp/site;
-# 2. trains pretrained.py:large for LARGE_MIN minutes (config.max_train_minutes) into
-#    runs/pretrained_large, then, if at least 2 minutes of TOTAL_MIN are left,
-#    pretrained.py:large_finetune_mae from its export for the rest (less a margin);
+# 2. trains each variant of STAGES (experiments/configs/pretrained.py:VARIANT, default
+#    `large_mae`: the paper-size network on the MAE loss) into RUNS/pretrained_VARIANT under a
+#    wall-clock budget (config.max_train_minutes): every stage but the last gets LARGE_MIN
+#    minutes, the last what is left of TOTAL_MIN less a 1.5-minute margin (skipped under 0.5);
+#    `large_finetune_mae` starts from RUNS/pretrained_large/model (STAGES="large large_finetune_mae");
 # 3. writes to $OUT: log.txt, summary.json (versions, device, epochs, seconds per epoch,
-#    validation and test-frame metrics) and one tarball per run (model/, run.json, metrics.csv).
+#    validation curve and test-frame metrics of each export) and one tarball per run
+#    (pretrained_VARIANT.tgz: model/, run.json, metrics.csv).
 #
-# Env: LARGE_MIN (default 5), TOTAL_MIN (default 9: the script's own wall budget, inside the
-# tool's timeout_s=600), RUNS (the runs' parent folder, default runs), WHEELS (the carried
-# py3.12 wheels, default .whl; empty: use the installed packages), EXTRA (extra --config.*
-# flags for both runs, e.g. a frame cap for a dry run here:
-# OUT=/tmp/out EXTRA="--config.data.max_train_frames=96" bash scripts/device/train_large.sh;
+# Env: STAGES, LARGE_MIN (default 5), TOTAL_MIN (default 9: the script's own wall budget, inside
+# the tool's timeout_s=600), RUNS (the runs' parent folder, default runs), WHEELS (the carried
+# py3.12 wheels, default .whl; empty: use the installed packages), EXTRA (extra --config.* flags
+# for every run, e.g. a frame cap for a dry run here:
+# OUT=/tmp/out WHEELS= EXTRA="--config.data.max_train_frames=96" bash scripts/device/train_large.sh;
 # tests/test_device_scripts.py runs it so on a tiny model).
 set -uo pipefail
 : "${OUT:?set OUT (the device tool sets it)}"
+STAGES=${STAGES:-large_mae}
 LARGE_MIN=${LARGE_MIN:-5}
 TOTAL_MIN=${TOTAL_MIN:-9}
 EXTRA=${EXTRA:-}
@@ -77,12 +81,22 @@ PY
   return $rc
 }
 
-train pretrained_large large "$LARGE_MIN" || exit 1
-LEFT=$(python3 -c "print(round($TOTAL_MIN - ($(date +%s) - $T0) / 60 - 1.5, 2))")
-if python3 -c "import sys; sys.exit(0 if $LEFT >= 0.5 else 1)"; then
-  train pretrained_large_mae large_finetune_mae "$LEFT" \
-    --config.init_from="$RUNS/pretrained_large/model"
-else
-  echo "== no time left for large_finetune_mae ($LEFT min)"
-fi
+read -r -a stages <<<"$STAGES"
+for k in "${!stages[@]}"; do
+  variant=${stages[$k]}
+  flags=()
+  if [ "$variant" = large_finetune_mae ]; then
+    flags+=(--config.init_from="$RUNS/pretrained_large/model")
+  fi
+  if [ "$k" -lt $((${#stages[@]} - 1)) ]; then
+    minutes=$LARGE_MIN
+  else
+    minutes=$(python3 -c "print(round($TOTAL_MIN - ($(date +%s) - $T0) / 60 - 1.5, 2))")
+    if ! python3 -c "import sys; sys.exit(0 if $minutes >= 0.5 else 1)"; then
+      echo "== no time left for $variant ($minutes min)"
+      break
+    fi
+  fi
+  train "pretrained_$variant" "$variant" "$minutes" "${flags[@]}" || exit 1
+done
 echo "== done at $(elapsed_min) min"
