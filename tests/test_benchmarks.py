@@ -267,3 +267,45 @@ def test_energy_ranking_reuses_its_cache_only_for_the_same_cells_and_model(tmp_p
     json.dump({"key": {**key, "config_hash": "other"}, "finals": finals}, f)
   with pytest.raises(RuntimeError, match="relaxed again"):
     er.relaxed_finals(args, "LiSi", model)
+
+
+@pytest.mark.parametrize(
+  "flag, message",
+  [
+    ("--rows=huge_mae", "--rows huge_mae: expected names from"),
+    ("--epochs=0", "--epochs 0: must be at least 1"),
+  ],
+)
+def test_capacity_probe_bad_flags_are_one_line_and_train_nothing(flag, message, tmp_path):
+  script = os.path.join(ROOT, "benchmarks", "capacity_probe.py")
+  done = subprocess.run(
+    [sys.executable, script, flag, f"--work_dir={tmp_path / 'runs'}"],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    timeout=300,
+  )
+  assert done.returncode == 1 and "Traceback" not in done.stderr
+  assert done.stderr.strip().startswith(f"error: {message}")
+  assert not os.path.exists(tmp_path / "runs")
+
+
+def test_capacity_probe_rows_wait_for_their_epochs_and_time_without_compilation(
+  tmp_path, monkeypatch
+):
+  probe = _benchmark("capacity_probe")
+  monkeypatch.setattr(probe, "parameter_count", lambda run_dir: 7)
+  run = tmp_path / "large_mae"
+  (run / "model").mkdir(parents=True)
+  header = "epoch,step,learning_rate,train_loss,val_loss,val_force_mae,val_stress_mae,"
+  header += "skipped_steps,seconds\n"
+  rows = ["1,10,0.001,1.0,0.9,0.08,3.0,0,100.0", "2,20,0.001,0.8,0.7,0.06,2.5,0,10.0"]
+  rows.append("3,30,0.0005,0.7,0.75,0.05,2.4,0,20.0")
+  (run / "metrics.csv").write_text(header + "\n".join(rows[:2]) + "\n")
+  assert probe.summarise("large_mae", str(run), 3) is None  # two of three epochs
+  (run / "metrics.csv").write_text(header + "\n".join(rows) + "\n")
+  row = probe.summarise("large_mae", str(run), 3)
+  assert row["final_val_force_mae"] == 0.05 and row["val_force_mae"] == [0.08, 0.06, 0.05]
+  assert row["best_epoch"] == 2  # lowest validation loss, not the last epoch
+  assert row["seconds_per_epoch"] == 15.0  # epoch 1 (compilation) left out
+  assert row["parameters"] == 7 and row["train_seconds"] == 130.0
