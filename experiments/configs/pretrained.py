@@ -52,9 +52,9 @@ The accelerator scale of the shipped config (``scale='paper'``; for a lent GPU,
   up to ``LARGE_EPOCHS`` epochs with the learning rate halved every ``LARGE_HALVING_EPOCHS``
   (a time budget usually ends it first), no early stopping;
 * ``pretrained.py:large_mae``: ``large`` trained on the MAE loss from the start (what
-  ``scripts/device/train_large.sh`` runs by default: in 10-epoch probes on 2,000 frames on the
-  CPU the MAE loss from scratch beat the squared loss, and ``large`` beat the shipped size,
-  ``experiments/results/probes/README.md``);
+  ``scripts/device/train_large.sh`` runs by default; ``benchmarks/capacity_probe.py`` compares
+  the two sizes on the two losses in 10-epoch probes on 2,000 frames on the CPU,
+  ``benchmarks/results/capacity_probe.md``);
 * ``pretrained.py:large_finetune_mae``: ``large``'s export (``LARGE_WORKDIR/model``) trained on
   with the MAE loss, as ``finetune_mae`` does for the shipped model.
 
