@@ -78,6 +78,13 @@ def parse_models(text: str) -> dict[str, str | None]:
   return out
 
 
+def table_head(first: str, columns, *, align: str = "---") -> list[str]:
+  """The two header lines of a markdown table whose first column is ``first`` and whose other
+  columns are ``columns``, aligned by ``align`` (``'---:'`` for numbers)."""
+  columns = list(columns)
+  return ["| " + " | ".join([first, *columns]) + " |", "|---|" + f"{align}|" * len(columns)]
+
+
 def write_report(out: str, report: dict, lines: list[str]) -> None:
   """``report`` as JSON at ``out`` and ``lines`` as markdown beside it (``.md``), then printed."""
   import json

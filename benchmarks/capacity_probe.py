@@ -184,8 +184,7 @@ def main() -> None:
     "",
     "Validation force MAE (eV/Å) by epoch:",
     "",
-    "| epoch | " + " | ".join(rows) + " |",
-    "|---:|" + "---:|" * len(rows),
+    *_common.table_head("epoch", rows, align="---:"),
   ]
   for epoch in range(s["epochs"]):
     lines.append(

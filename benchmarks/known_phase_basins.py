@@ -140,8 +140,7 @@ def main() -> None:
     "",
     "Closest interatomic contact (Å), start → final, per copy:",
     "",
-    "| phase | " + " | ".join(kinds) + " |",
-    "|---|" + "---|" * len(kinds),
+    *_common.table_head("phase", kinds),
   ]
   for name, e in report["phases"].items():
     cells = " | ".join(
