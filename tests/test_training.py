@@ -689,3 +689,21 @@ def test_shipped_models_come_from_their_committed_configs_and_data(kind, config_
   assert metadata["config_hash"] == training.config_hash(config)
   assert metadata["training_config"]["data"]["path"] == config.data.path
   assert model_io.load_model(shipped)[0] == kind
+
+
+def test_the_committed_large_mae_run_resumes_under_its_config():
+  """``experiments/results/probes/large_mae`` (trained on the CPU over sessions) is
+  ``pretrained.py:large_mae`` at its recorded time budget, so a later session resumes it; a
+  larger budget extends it (``--extend``), a smaller one does not."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, "experiments", "results", "probes", "large_mae", "run.json")) as f:
+    run = json.load(f)
+  budget = float(run["config"]["max_train_minutes"])
+  assert budget > 0
+  config = _config("pretrained", "large_mae")
+  config.max_train_minutes = budget
+  assert run["config_hash"] == training.config_hash(config)
+  config.max_train_minutes = budget + 60
+  assert training.extends(run["config"], config.to_dict())
+  config.max_train_minutes = budget / 2
+  assert not training.extends(run["config"], config.to_dict())
