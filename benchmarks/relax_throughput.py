@@ -12,7 +12,11 @@ The same ``--num_structures`` random Li–Si cells (<= 38 atoms,
 (b) CHGNet (its own ``StructOptimizer``: ASE FIRE + FrechetCellFilter) one structure at a
     time, the way its users run it.  At ~0.1-0.2 s a step on this CPU, only the first
     ``--chgnet_structures`` are relaxed (to ``--fmax``, at most ``--chgnet_max_steps``);
-    its per-step cost is measured on those.
+    its per-step cost is measured on those.  ``--chgnet_structures=0`` skips (b).
+(c) With ``--peer_model DIR``: (a) again with a second trained network (e.g. the shipped model
+    beside a candidate), in its own subprocess right after (a), on the same structures and
+    settings, so the two networks are compared as ratios measured in the same run
+    (``ratio_*_ours_over_peer``).
 
 Each part runs in its own subprocess so that peak memory (``ru_maxrss``) is per part.
 Compile time of (a) is measured from JAX's compile-duration events and reported apart.
@@ -20,6 +24,7 @@ Scaling of (a) with batch size and atoms per cell uses ``--scaling_steps`` fixed
 
   python benchmarks/relax_throughput.py                       # untrained weights
   python benchmarks/relax_throughput.py --model=models/force_stress --out=...json
+  python benchmarks/relax_throughput.py --model=CANDIDATE --peer_model=crystal_search/pretrained/force_stress
 """
 
 from __future__ import annotations
@@ -40,11 +45,17 @@ from crystal_search.errors import InputError
 _NUM = flags.DEFINE_integer("num_structures", 64, "Random Li–Si cells relaxed by (a).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random structures and untrained weights.")
 _MODEL = flags.DEFINE_string("model", None, "Trained force/stress model directory.")
+_PEER = flags.DEFINE_string(
+  "peer_model",
+  None,
+  "A second trained force/stress model directory, relaxed as (a) in the same run (part (c)); "
+  "needs --model.",
+)
 _FMAX = flags.DEFINE_float("fmax", 0.05, "Force convergence, eV/Å (both relaxers).")
 _STEPS = flags.DEFINE_integer("steps", 30, "Steps per structure for (a) with untrained weights.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", 300, "Step cap for (a) with a trained model.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size of (a) (slots per bucket).")
-_CHGNET_N = flags.DEFINE_integer("chgnet_structures", 3, "Structures relaxed by (b).")
+_CHGNET_N = flags.DEFINE_integer("chgnet_structures", 3, "Structures relaxed by (b); 0 skips (b).")
 _CHGNET_STEPS = flags.DEFINE_integer("chgnet_max_steps", 300, "Step cap of (b).")
 _TORCH_THREADS = flags.DEFINE_integer(
   "torch_threads", 1, "torch threads for CHGNet (1 is fastest on this shared 2-core machine)."
@@ -56,7 +67,9 @@ _OUT = flags.DEFINE_string(
   os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "relax_throughput.json"),
   "Output JSON.",
 )
-_PART = flags.DEFINE_enum("part", "all", ["all", "ours", "chgnet"], "Internal: one part only.")
+_PART = flags.DEFINE_enum(
+  "part", "all", ["all", "ours", "peer", "chgnet"], "Internal: one part only."
+)
 _STRUCTURES = flags.DEFINE_string("structures", None, "Internal: structures JSON.")
 
 COMPOSITIONS = ("LiSi", "Li2Si", "Li7Si2", "Li13Si4", "Li15Si4")
@@ -114,8 +127,9 @@ def _timed_relax(structures, ff, timer, **kwargs) -> dict:
   }
 
 
-def part_ours(structures) -> dict:
-  """(a): our relaxer with the force/stress network."""
+def part_ours(structures, model_dir: str | None) -> dict:
+  """(a), or (c) with ``model_dir`` = ``--peer_model``: our relaxer with a force/stress network
+  (trained weights from ``model_dir``; untrained ones when it is None)."""
   import jax
   import numpy as np
 
@@ -123,11 +137,11 @@ def part_ours(structures) -> dict:
   from crystal_search.force_fields import model as model_ff
 
   timer = _CompileTimer()
-  trained = _MODEL.value is not None
-  ff = model_ff.from_directory(_MODEL.value) if trained else relax.untrained_model(seed=_SEED.value)
+  trained = model_dir is not None
+  ff = model_ff.from_directory(model_dir) if trained else relax.untrained_model(seed=_SEED.value)
   out: dict = {
     "force_field": ff.name,
-    "weights": "trained: " + _MODEL.value if trained else "UNTRAINED (random init)",
+    "weights": "trained: " + model_dir if trained else "UNTRAINED (random init)",
     "devices": [str(d) for d in jax.local_devices()],
   }
   if trained:
@@ -264,6 +278,34 @@ def part_chgnet(structures) -> dict:
   }
 
 
+def _ratios(report: dict, part: str) -> dict:
+  """``ratio_*_ours_over_PART``: part (a) against ``part`` (``chgnet``: (b); ``peer``: (c), the
+  peer model), measured in the same run."""
+  ours, other = report["ours"], report[part]
+  main_other = other if part == "chgnet" else other["main"]
+  out = {
+    f"ratio_structure_steps_per_s_ours_over_{part}": ours["main"]["structure_steps_per_s"]
+    / main_other["structure_steps_per_s"]
+  }
+  if part == "chgnet":
+    # Same cell size: our 40-slot bucket (33-38 atoms) against CHGNet's largest cell.
+    largest = max(other["relaxations"], key=lambda r: r["n_atoms"])
+    rows = [r for r in ours.get("scaling_batch_size", []) if r["batch_size"] == 64]
+    if rows and largest["n_atoms"] > 32:
+      out["ratio_per_step_largest_cells_batch64"] = {
+        "chgnet_n_atoms": largest["n_atoms"],
+        "chgnet_structure_steps_per_s": 1.0 / largest["s_per_step"],
+        "ours_structure_steps_per_s": rows[0]["structure_steps_per_s"],
+        "ratio": rows[0]["structure_steps_per_s"] * largest["s_per_step"],
+      }
+  rate_other = main_other.get("relaxations_per_minute")
+  if _MODEL.value and rate_other:
+    out[f"ratio_relaxations_per_minute_ours_over_{part}"] = (
+      ours["main"]["relaxations_per_minute"] / rate_other
+    )
+  return out
+
+
 def _load(path):
   from pymatgen.core import Structure
 
@@ -275,11 +317,20 @@ def main(argv) -> None:
   del argv
   if _PART.value != "all":
     structures = _load(_STRUCTURES.value)
-    out = part_ours(structures) if _PART.value == "ours" else part_chgnet(structures)
+    if _PART.value == "chgnet":
+      out = part_chgnet(structures)
+    else:
+      out = part_ours(structures, _MODEL.value if _PART.value == "ours" else _PEER.value)
     print("RESULT " + json.dumps(out, default=float))
     return
-  if _MODEL.value and not os.path.exists(os.path.join(_MODEL.value, "model.json")):
-    raise InputError(f"--model {_MODEL.value}: no model.json there (a trained model directory)")
+  for name, value in (("--model", _MODEL.value), ("--peer_model", _PEER.value)):
+    if value and not os.path.exists(os.path.join(value, "model.json")):
+      raise InputError(f"{name} {value}: no model.json there (a trained model directory)")
+  if _PEER.value and not _MODEL.value:
+    raise InputError("--peer_model needs --model (the two trained networks are compared)")
+  if _CHGNET_N.value < 0:
+    raise InputError(f"--chgnet_structures={_CHGNET_N.value}: must be 0 (skip) or more")
+  parts = ["ours"] + (["peer"] if _PEER.value else []) + (["chgnet"] if _CHGNET_N.value else [])
   t0 = time.perf_counter()
   structures = make_structures(_NUM.value, _SEED.value)
   gen_s = time.perf_counter() - t0
@@ -302,7 +353,7 @@ def main(argv) -> None:
     with open(path, "w") as f:
       json.dump([s.as_dict() for s in structures], f)
     passthrough = [a for a in sys.argv[1:] if not a.startswith(("--part", "--structures", "--out"))]
-    for part in ("ours", "chgnet"):
+    for part in parts:
       # One BLAS/OpenMP thread per process: on this shared 2-core machine threaded BLAS makes
       # the small 3x3/9x9 linear algebra (ASE's cell filter, our host-side steps) ~10x slower.
       # XLA keeps its default intra-op threads; torch uses --torch_threads.
@@ -318,23 +369,8 @@ def main(argv) -> None:
       if proc.returncode != 0 or not lines:
         raise SystemExit(f"part {part} failed:\n{proc.stderr[-3000:]}")
       report[part] = json.loads(lines[-1][len("RESULT ") :])
-  a = report["ours"]["main"]["structure_steps_per_s"]
-  b = report["chgnet"]["structure_steps_per_s"]
-  report["ratio_structure_steps_per_s_ours_over_chgnet"] = a / b
-  # Same cell size: our 40-slot bucket (33-38 atoms) against CHGNet's largest cell.
-  largest = max(report["chgnet"]["relaxations"], key=lambda r: r["n_atoms"])
-  rows = [r for r in report["ours"].get("scaling_batch_size", []) if r["batch_size"] == 64]
-  if rows and largest["n_atoms"] > 32:
-    report["ratio_per_step_largest_cells_batch64"] = {
-      "chgnet_n_atoms": largest["n_atoms"],
-      "chgnet_structure_steps_per_s": 1.0 / largest["s_per_step"],
-      "ours_structure_steps_per_s": rows[0]["structure_steps_per_s"],
-      "ratio": rows[0]["structure_steps_per_s"] * largest["s_per_step"],
-    }
-  if _MODEL.value:
-    report["ratio_relaxations_per_minute_ours_over_chgnet"] = (
-      report["ours"]["main"]["relaxations_per_minute"] / report["chgnet"]["relaxations_per_minute"]
-    )
+  for part in parts[1:]:
+    report.update(_ratios(report, part))
   report["note"] = (
     "UNTRAINED weights: only the per-step ratio is meaningful (relaxations of a random network "
     "mean nothing); rerun with --model DIR for relaxations per minute to the same fmax."

@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   [
     ("equation_of_state.py", "--models=x=/nonexistent/model"),
     ("relax_throughput.py", "--model=/nonexistent/model"),
+    ("relax_throughput.py", "--peer_model=/nonexistent/model"),
     ("committees.py", "--models=x=/nonexistent/model"),
   ],
 )
@@ -31,6 +32,59 @@ def test_missing_model_directory_is_one_line(script, flag, tmp_path):
   lines = [x for x in done.stderr.splitlines() if x.strip() and "Warning" not in x]
   assert len(lines) == 1 and lines[0].startswith("error: ") and "/nonexistent/model" in lines[0]
   assert "Traceback" not in done.stderr and not os.path.exists(out)
+
+
+SHIPPED = os.path.join(ROOT, "crystal_search", "pretrained", "force_stress")
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    ([f"--peer_model={SHIPPED}"], "--peer_model needs --model"),
+    ([f"--model={SHIPPED}", "--chgnet_structures=-1"], "--chgnet_structures=-1: must be 0"),
+  ],
+)
+def test_relax_throughput_bad_flags_are_one_line(flags, message, tmp_path):
+  out = str(tmp_path / "report.json")
+  script = os.path.join(ROOT, "benchmarks", "relax_throughput.py")
+  done = subprocess.run(
+    [sys.executable, script, *flags, f"--out={out}"], capture_output=True, text=True, timeout=300
+  )
+  assert done.returncode == 1 and "Traceback" not in done.stderr and not os.path.exists(out)
+  lines = [x for x in done.stderr.splitlines() if x.strip() and "Warning" not in x]
+  assert len(lines) == 1 and message in lines[0]
+
+
+def test_relax_throughput_compares_two_models_in_one_run(tmp_path):
+  """``--peer_model``: part (c) relaxes the same cells with a second network in the same run;
+  the shipped model against itself takes exactly the same steps, and ``--chgnet_structures=0``
+  skips CHGNet."""
+  out = str(tmp_path / "report.json")
+  script = os.path.join(ROOT, "benchmarks", "relax_throughput.py")
+  args = ["--num_structures=3", "--max_steps=4", "--noscaling", "--chgnet_structures=0"]
+  done = subprocess.run(
+    [
+      sys.executable,
+      script,
+      f"--model={SHIPPED}",
+      f"--peer_model={SHIPPED}",
+      *args,
+      f"--out={out}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(out) as f:
+    report = json.load(f)
+  assert "chgnet" not in report and not any(k.endswith("_over_chgnet") for k in report)
+  ours, peer = report["ours"]["main"], report["peer"]["main"]
+  assert ours["structures"] == peer["structures"] == 3
+  assert ours["structure_steps"] == peer["structure_steps"] > 0
+  assert ours["converged"] == peer["converged"]
+  assert report["ours"]["weights"] == report["peer"]["weights"] == "trained: " + SHIPPED
+  assert report["ratio_structure_steps_per_s_ours_over_peer"] > 0
 
 
 @pytest.mark.parametrize(
