@@ -10,6 +10,23 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _one_line_error(script, flags, tmp_path):
+  """Runs ``benchmarks/script`` with ``flags``; asserts it exits 1 with no traceback and no
+  report written, and returns the one line it printed to stderr."""
+  out = str(tmp_path / "report.json")
+  done = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "benchmarks", script), *flags, f"--out={out}"],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    timeout=300,
+  )
+  assert done.returncode == 1 and "Traceback" not in done.stderr and not os.path.exists(out)
+  lines = [x for x in done.stderr.splitlines() if x.strip() and "Warning" not in x]
+  assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]
+  return lines[0]
+
+
 @pytest.mark.parametrize(
   "script, flag",
   [
@@ -20,18 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   ],
 )
 def test_missing_model_directory_is_one_line(script, flag, tmp_path):
-  out = str(tmp_path / "report.json")
-  done = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "benchmarks", script), flag, f"--out={out}"],
-    capture_output=True,
-    text=True,
-    cwd=tmp_path,
-    timeout=300,
-  )
-  assert done.returncode == 1
-  lines = [x for x in done.stderr.splitlines() if x.strip() and "Warning" not in x]
-  assert len(lines) == 1 and lines[0].startswith("error: ") and "/nonexistent/model" in lines[0]
-  assert "Traceback" not in done.stderr and not os.path.exists(out)
+  assert "/nonexistent/model" in _one_line_error(script, [flag], tmp_path)
 
 
 SHIPPED = os.path.join(ROOT, "crystal_search", "pretrained", "force_stress")
@@ -45,14 +51,7 @@ SHIPPED = os.path.join(ROOT, "crystal_search", "pretrained", "force_stress")
   ],
 )
 def test_relax_throughput_bad_flags_are_one_line(flags, message, tmp_path):
-  out = str(tmp_path / "report.json")
-  script = os.path.join(ROOT, "benchmarks", "relax_throughput.py")
-  done = subprocess.run(
-    [sys.executable, script, *flags, f"--out={out}"], capture_output=True, text=True, timeout=300
-  )
-  assert done.returncode == 1 and "Traceback" not in done.stderr and not os.path.exists(out)
-  lines = [x for x in done.stderr.splitlines() if x.strip() and "Warning" not in x]
-  assert len(lines) == 1 and message in lines[0]
+  assert message in _one_line_error("relax_throughput.py", flags, tmp_path)
 
 
 def test_relax_throughput_compares_two_models_in_one_run(tmp_path):
