@@ -56,7 +56,8 @@ The accelerator scale of the shipped config (``scale='paper'``; for a lent GPU,
   the two sizes on the two losses in 10-epoch probes on 2,000 frames on the CPU,
   ``benchmarks/results/capacity_probe.md``; with no GPU lent, it trains on the CPU over
   sessions from session 22 in ``experiments/results/probes/large_mae`` under a cumulative
-  ``max_train_minutes``, ~8.5-12 min an epoch on both cores: ``experiments/results/probes/README.md``);
+  ``max_train_minutes``, ~8-14 min an epoch on both cores; after 33 epochs (best 31) test
+  force 0.0299 eV/Å, stress 0.886 kBar: ``experiments/results/probes/README.md``);
 * ``pretrained.py:large_finetune_mae``: ``large``'s export (``LARGE_WORKDIR/model``) trained on
   with the MAE loss, as ``finetune_mae`` does for the shipped model.
 
