@@ -24,7 +24,12 @@ from experiments.common import run
 
 _INPUT = flags.DEFINE_string("input", None, "Structure file, directory or glob.")
 _OUT = flags.DEFINE_string("output_dir", None, "Where relaxed CIFs and summary.json go.")
-_MODEL = flags.DEFINE_string("model", None, "Force/stress model directory (--force_field=model).")
+_MODEL = flags.DEFINE_string(
+  "model",
+  None,
+  "Force/stress model directory, or 'fast' for the packaged faster model "
+  "(--force_field=model; default: the packaged, most accurate model).",
+)
 _FORCE_FIELD = flags.DEFINE_enum(
   "force_field", "model", list(relax.FORCE_FIELD_KINDS), "What relaxes the structures."
 )

@@ -43,8 +43,11 @@ Rows (names as in :mod:`experiments.make_tables`):
 * ``pretrained_long``: the shipped config trained for 75 epochs instead of 45
   (``pretrained.py:long``, ``GNN (shipped config; 75 epochs)``);
 * ``pretrained_finetune_mae``: the ``pretrained`` model trained on with the mean absolute error
-  as the loss (``pretrained.py:finetune_mae``, ``GNN (shipped)``: shipped since session 16; seeds
-  0 and 1, the package ships seed 0);
+  as the loss (``pretrained.py:finetune_mae``, ``GNN (fast; default in sessions 16-24)``, the
+  package's fast model; seeds 0 and 1, the package ships seed 0);
+* ``pretrained_large_mae``: the shipped architecture at the paper's depth and width on the MAE
+  loss under its CPU budget (``pretrained.py:large_mae_cpu``, ``GNN (shipped)``: the package's
+  default since session 25; 330 min on both cores);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
   heads trained with the shipped budget (``pretrained.py:HEAD``,
   ``GNN stress=HEAD (shipped budget)``): Table 5 at the shipped model's budget.
@@ -94,6 +97,7 @@ ROWS = (
   "pretrained_blocks4",
   "pretrained_long",
   "pretrained_finetune_mae",
+  "pretrained_large_mae",
 )
 
 #: Rows of ``pretrained.py:rattle|rattle_small`` (the shipped config with displaced copies), and
@@ -114,7 +118,11 @@ STRAIN_ROWS = {
   ),
   "pretrained_blocks4": ("pretrained.py:blocks4", "GNN (4 blocks; shipped in session 9)"),
   "pretrained_long": ("pretrained.py:long", "GNN (shipped config; 75 epochs)"),
-  "pretrained_finetune_mae": ("pretrained.py:finetune_mae", "GNN (shipped)"),
+  "pretrained_finetune_mae": (
+    "pretrained.py:finetune_mae",
+    "GNN (fast; default in sessions 16-24)",
+  ),
+  "pretrained_large_mae": ("pretrained.py:large_mae_cpu", "GNN (shipped)"),
 }
 #: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).  The
 #: fine-tune's seed 1 starts from the same model as seed 0 (``FINETUNE_FROM``): its spread is the

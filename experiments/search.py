@@ -44,7 +44,10 @@ _PRIMITIVE = flags.DEFINE_boolean(
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _MODEL = flags.DEFINE_string(
-  "model", None, "Force/stress model directory (default: the model shipped in the package)."
+  "model",
+  None,
+  "Force/stress model directory, or 'fast' for the packaged model ~2.4x cheaper a step "
+  "(default: the packaged, most accurate model).",
 )
 _ENERGY_MODEL = flags.DEFINE_string(
   "energy_model", None, "Energy model directory for ranking (default: the shipped one)."

@@ -106,3 +106,23 @@ def test_from_directory_and_energies(model, tmp_path):
   np.testing.assert_allclose(per_atom, np.asarray(out.energy) / np.array([5, 3]), rtol=1e-5)
   assert np.all(np.isfinite(out.forces)) and np.all(np.isfinite(out.stress))
   assert np.abs(np.asarray(out.forces)).max() > 0
+
+
+def test_packaged_models_by_name(model, tmp_path, monkeypatch):
+  """``--model=fast`` loads the packaged fast model, no ``--model`` the default (the larger,
+  more accurate one); a directory of that name wins over the package's; an unknown name is an
+  ``InputError`` that lists the packaged names."""
+  from crystal_search import relax
+
+  default = relax.make_force_field("model")
+  fast = relax.make_force_field("model", model="fast")
+  assert default.config.width > fast.config.width
+  assert relax.make_force_field("model", model="default").config == default.config
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(InputError, match="default or fast"):
+    relax.make_force_field("model", model="fastest")
+  _, config, variables = model
+  model_io.save_model(
+    str(tmp_path / "fast"), kind="force_stress", config=config, variables=variables
+  )
+  assert relax.make_force_field("model", model="fast").config.width == config.width

@@ -674,15 +674,21 @@ def test_energy_baseline_trains_on_energies_per_atom(tiny_dataset, tmp_path):
 
 
 @pytest.mark.parametrize(
-  "kind,config_name,config_arg",
-  [("force_stress", "pretrained", "finetune_mae"), ("energy", "pretrained_energy", None)],
+  "directory,kind,config_name,config_arg",
+  [
+    ("force_stress", "force_stress", "pretrained", "large_mae_cpu"),
+    ("force_stress_fast", "force_stress", "pretrained", "finetune_mae"),
+    ("energy", "energy", "pretrained_energy", None),
+  ],
 )
-def test_shipped_models_come_from_their_committed_configs_and_data(kind, config_name, config_arg):
+def test_shipped_models_come_from_their_committed_configs_and_data(
+  directory, kind, config_name, config_arg
+):
   """The package's models were trained by the config and on the dataset the docs name."""
   from crystal_search.models import io as model_io
 
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  shipped = os.path.join(repo, "crystal_search", "pretrained", kind)
+  shipped = os.path.join(repo, "crystal_search", "pretrained", directory)
   with open(os.path.join(shipped, "model.json")) as f:
     metadata = json.load(f)["metadata"]
   config = _config(config_name, config_arg)
