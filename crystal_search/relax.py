@@ -1135,11 +1135,6 @@ def write_trajectory(result: RelaxResult, path: str) -> None:
 # Force fields by name, and relaxing files (the ``relax`` binary).
 
 FORCE_FIELD_KINDS = ("model", "chgnet", "meam", "lj")
-#: Where the pretrained models ship inside the package.
-PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
-#: The packaged force/stress models by name (``--model=NAME``): ``default`` is the most accurate
-#: (loaded when no model is given), ``fast`` the one shipped before it, ~2.4x cheaper a step.
-PRETRAINED_MODELS = {"default": "force_stress", "fast": "force_stress_fast"}
 
 
 def make_force_field(
@@ -1152,7 +1147,7 @@ def make_force_field(
       shipped in the package when present), ``chgnet`` (the teacher), ``meam``
       (2NN MEAM through LAMMPS) or ``lj`` (a Lennard-Jones toy for smoke tests).
     model: force/stress model directory (``kind='model'``), or the name of a packaged model
-      (``PRETRAINED_MODELS``: ``default`` or ``fast``) when no such directory exists.
+      (``search.PRETRAINED_MODELS``: ``default`` or ``fast``) when no such directory exists.
     untrained: ``kind='model'`` without a directory: random weights (smoke tests and
       throughput only; its relaxations are meaningless).
     seed: PRNG seed of the untrained weights.
@@ -1175,6 +1170,7 @@ def make_force_field(
   if kind != "model":
     raise InputError(f"unknown force field {kind!r} (one of {', '.join(FORCE_FIELD_KINDS)})")
   from crystal_search.force_fields import model as model_ff
+  from crystal_search.search import PRETRAINED_DIR, PRETRAINED_MODELS
 
   if model in PRETRAINED_MODELS and not os.path.isdir(model):
     model = os.path.join(PRETRAINED_DIR, PRETRAINED_MODELS[model])
