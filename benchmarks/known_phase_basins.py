@@ -10,7 +10,9 @@ POTIM=0.4, positions and cell, fmax 0.05 eV/Å, ``--max_steps``) by the shipped 
 (:func:`crystal_search.metrics.default_matcher`).  The closest interatomic contact (Å) of each
 start and final is recorded (a relaxation whose atoms come closer than half the sum of their
 covalent radii, 1.20 Å for Li–Si, stops as "overlap" at its last good step: the relaxer's
-``overlap_fraction``).
+``overlap_fraction``), and so is the largest atomic force (eV/Å) each force field predicts on
+each start (its first relaxation step, kept as a one-frame trajectory): how far a model's
+forces run off where the starts' contacts are shorter than any in its training data.
 
     python benchmarks/known_phase_basins.py --out benchmarks/results/known_phase_basins.json
 """
@@ -70,6 +72,8 @@ def main() -> None:
     if len(prim.composition.elements) == 2 and len(prim) <= args.max_atoms:
       phases[name] = prim
   settings = dict(potim=0.4, smass=2.0, fmax=0.05, smax=5.0, max_steps=args.max_steps)
+  # Keep the first step (and the last) only: the forces on each start.
+  settings["trajectory_every"] = args.max_steps
   kinds = ["model"] + (["chgnet"] if args.teacher else [])
   report = {
     "command": _common.command_line(),
@@ -111,6 +115,10 @@ def main() -> None:
           [round(closest_contact(s), 3), round(closest_contact(r.final), 3)]
           for s, r in zip(starts, results, strict=True)
         ],
+        # Per copy: eV/Å, the largest atomic force the force field predicts on the start.
+        "start_max_force": [
+          round(float(np.linalg.norm(r.trajectory["forces"][0], axis=-1).max()), 2) for r in results
+        ],
         "seconds": round(seconds, 1),
       }
       print(name, kind, entry[kind], flush=True)
@@ -146,6 +154,15 @@ def main() -> None:
     cells = " | ".join(
       ", ".join(f"{a:.2f} → {b:.2f}" for a, b in e[k]["closest_contact"]) for k in kinds
     )
+    lines.append(f"| {name} | {cells} |")
+  lines += [
+    "",
+    "Largest atomic force (eV/Å) predicted on each start, per copy:",
+    "",
+    *_common.table_head("phase", kinds),
+  ]
+  for name, e in report["phases"].items():
+    cells = " | ".join(", ".join(f"{f:.3g}" for f in e[k]["start_max_force"]) for k in kinds)
     lines.append(f"| {name} | {cells} |")
   _common.write_report(args.out, report, lines)
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -362,3 +363,41 @@ def test_capacity_probe_rows_wait_for_their_epochs_and_time_without_compilation(
   assert row["best_epoch"] == 2  # lowest validation loss, not the last epoch
   assert row["seconds_per_epoch"] == 15.0  # epoch 1 (compilation) left out
   assert row["parameters"] == 7 and row["train_seconds"] == 130.0
+
+
+def test_known_phase_basins_records_the_force_predicted_on_each_start(tmp_path):
+  """``start_max_force`` is the largest atomic force (eV/Å) on each perturbed start: the same
+  starts rebuilt here and evaluated through the ASE calculator give the same numbers."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import known_phase_basins
+  from pymatgen.io.ase import AseAtomsAdaptor
+
+  from crystal_search import metrics, relax
+  from crystal_search.force_fields.ase import CrystalSearchCalculator
+
+  out = str(tmp_path / "report.json")
+  flags = ["--copies=2", "--max_atoms=16", "--max_steps=3", "--seed=1", "--no-teacher"]
+  done = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "benchmarks", "known_phase_basins.py"), "--model=fast"]
+    + [*flags, f"--out={out}"],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(out) as f:
+    report = json.load(f)
+  assert list(report["phases"]) == ["LiSi (mp-795)"]  # the only phase of at most 16 atoms
+  recorded = report["phases"]["LiSi (mp-795)"]["model"]["start_max_force"]
+  phase = metrics.load_reference_phases()["LiSi (mp-795)"].get_primitive_structure()
+  starts = known_phase_basins.perturbed(phase, copies=2, rattle=0.3, strain=0.05, seed=1)
+  calculator = CrystalSearchCalculator(relax.make_force_field("model", model="fast"))
+  expected = []
+  for s in starts:
+    atoms = AseAtomsAdaptor.get_atoms(s)
+    atoms.calc = calculator
+    expected.append(float(np.linalg.norm(atoms.get_forces(), axis=-1).max()))
+  assert len(recorded) == 2 and min(expected) > 0.1
+  np.testing.assert_allclose(recorded, expected, atol=0.011, rtol=1e-3)
+  with open(out.replace(".json", ".md")) as f:
+    assert "Largest atomic force (eV/Å) predicted on each start" in f.read()
