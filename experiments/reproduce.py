@@ -48,6 +48,10 @@ Rows (names as in :mod:`experiments.make_tables`):
 * ``pretrained_large_mae``: the shipped architecture at the paper's depth and width on the MAE
   loss under its CPU budget (``pretrained.py:large_mae_cpu``, ``GNN (shipped)``: the package's
   default since session 25; 330 min on both cores);
+* ``pretrained_large_mae_contacts``: ``large_mae``'s epoch-37 export fine-tuned on the strain
+  frames plus 2,000 teacher-labelled copies displaced by 0.25 Å (``pretrained.py:
+  large_mae_contacts``, ``GNN (large; short-contact fine-tune)``; its dataset is joined from the
+  committed ``data/dataset_contacts/strain.npz``, or labelled, ~3 min on both cores);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
   heads trained with the shipped budget (``pretrained.py:HEAD``,
   ``GNN stress=HEAD (shipped budget)``): Table 5 at the shipped model's budget.
@@ -98,6 +102,7 @@ ROWS = (
   "pretrained_long",
   "pretrained_finetune_mae",
   "pretrained_large_mae",
+  "pretrained_large_mae_contacts",
 )
 
 #: Rows of ``pretrained.py:rattle|rattle_small`` (the shipped config with displaced copies), and
@@ -124,6 +129,8 @@ STRAIN_ROWS = {
   ),
   "pretrained_large_mae": ("pretrained.py:large_mae_cpu", "GNN (shipped)"),
 }
+#: Row of ``pretrained.py:large_mae_contacts`` (trained on ``data/dataset_contacts``).
+CONTACTS_ROW = "GNN (large; short-contact fine-tune)"
 #: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).  The
 #: fine-tune's seed 1 starts from the same model as seed 0 (``FINETUNE_FROM``): its spread is the
 #: fine-tune's own (batch order, augmentation), not the base run's; the package ships seed 0.
@@ -313,9 +320,19 @@ def jobs(rows, scale: str, seeds) -> list[Job]:
     elif row in STRAIN_ROWS:
       allowed = STRAIN_SEEDS.get(row, ("0",))
       out += _seeded(row, *STRAIN_ROWS[row], seeds, allowed, (_join_strain_frames(),))
+    elif row == "pretrained_large_mae_contacts":
+      prepare = (
+        _join_strain_frames(),
+        _displaced_frames(pretrained.CONTACTS_DATA, pretrained.CONTACTS_SETTINGS),
+      )
+      out += _seeded(row, "pretrained.py:large_mae_contacts", CONTACTS_ROW, seeds, ("0",), prepare)
     elif row == "pretrained_rattle":
       for variant in pretrained.RATTLE_DATA:
-        prepare = (_join_strain_frames(), _rattle_frames(variant))
+        settings = pretrained.RATTLE_SETTINGS[variant]
+        prepare = (
+          _join_strain_frames(),
+          _displaced_frames(pretrained.RATTLE_DATA[variant], settings),
+        )
         out += _seeded(
           f"pretrained_{variant}",
           f"pretrained.py:{variant}",
@@ -357,11 +374,11 @@ def _join_strain_frames() -> tuple[str, ...]:
   )
 
 
-def _rattle_frames(variant: str) -> tuple[str, ...]:
-  """``pretrained.py:VARIANT``'s dataset: joined from its ``strain.npz`` when there, else the
-  displaced copies are labelled by the teacher (~13,500 CHGNet calls, ~40 min on one core)."""
-  output = pretrained.RATTLE_DATA[variant]
-  settings = [f"--{k}={v}" for k, v in pretrained.RATTLE_SETTINGS[variant].items()]
+def _displaced_frames(output: str, flags_: dict) -> tuple[str, ...]:
+  """The dataset ``output`` of displaced training frames (``build-strain-frames --source=frames``
+  with ``flags_``): joined from its ``strain.npz`` when there, else the displaced copies are
+  labelled by the teacher (``rattle``: ~13,500 CHGNet calls, ~40 min on one core)."""
+  settings = [f"--{k}={v}" for k, v in flags_.items()]
   return (
     os.path.join(output, "train.npz"),
     "data_tools.build_strain_frames",

@@ -713,3 +713,27 @@ def test_the_committed_large_mae_run_resumes_under_its_config():
   assert training.extends(run["config"], config.to_dict())
   config.max_train_minutes = budget / 2
   assert not training.extends(run["config"], config.to_dict())
+
+
+def test_the_contacts_fine_tune_matches_its_committed_dataset_and_starting_model():
+  """``pretrained.py:large_mae_contacts`` starts from the committed ``large_mae`` export (same
+  model config) and names the settings its committed ``data/dataset_contacts`` was made with."""
+  from experiments.configs import pretrained
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = _config("pretrained", "large_mae_contacts")
+  config.init_from = os.path.join(repo, config.init_from)
+  init = training.load_init_from(config)  # one-line InputError if the model configs differ
+  assert init["variables"]["params"]
+  with open(os.path.join(repo, pretrained.CONTACTS_DATA, "settings.json")) as f:
+    settings = json.load(f)
+  flags = pretrained.CONTACTS_SETTINGS
+  assert settings["strain"] == {
+    "copies": flags["copies"],
+    "volume_range": [flags["volume_low"], flags["volume_high"]],
+    "shear_std": flags["shear_std"],
+    "rattle": flags["rattle"],
+    "seed": 0,
+  }
+  assert settings["source"] == {"kind": "frames", "max_sources": flags["max_sources"]}
+  assert 0 < config.grad_clip < 1e-3 and config.loss == "mae"

@@ -68,6 +68,13 @@ The accelerator scale of the shipped config (``scale='paper'``; for a lent GPU,
   sessions 16-24 is ``force_stress_fast``, ``--model=fast``);
 * ``pretrained.py:large_finetune_mae``: ``large``'s export (``LARGE_WORKDIR/model``) trained on
   with the MAE loss, as ``finetune_mae`` does for the shipped model.
+* ``pretrained.py:large_mae_contacts``: ``large_mae``'s export (``CONTACTS_FROM``, epoch 37)
+  fine-tuned for ``CONTACTS_EPOCHS`` epochs on ``data/dataset_contacts`` (``CONTACTS_DATA``): the
+  strain dataset's training frames plus ``CONTACTS_SETTINGS['max_sources']`` of them displaced by
+  ``CONTACTS_SETTINGS['rattle']`` Å and labelled by the teacher, so that the network sees contacts
+  of 1.2–2.1 Å (median 1.8) where its training frames have none below 2.0 Å (session 26; the
+  default model blows up on rattled starts with 1.5–1.7 Å contacts,
+  ``benchmarks/results/known_phase_basins.md``).
 
 The other variants (none shipped) keep the 4 Å cutoff of ``default.py:cpu``; the rows named
 ``shipped config; ...`` in the tables are variants of ``cutoff4``, the config shipped when they
@@ -151,6 +158,28 @@ LARGE_WORKDIR = "runs/pretrained_large"
 #: ``large_mae_cpu``: the wall-clock budget (minutes, cumulative over sessions 22-24) under which
 #: ``large_mae`` trained on the CPU into the package's default force/stress model (session 25).
 LARGE_MAE_CPU_MINUTES = 330.0
+#: ``large_mae_contacts``: the model it starts from (``large_mae``'s export after 37 epochs in a
+#: 370-min budget), its dataset, the ``build-strain-frames --source=frames`` flags that made it
+#: (``--dataset=data/dataset_strain``), its epochs, learning rate (``large_mae``'s at epoch 37) and
+#: halving period.
+CONTACTS_FROM = "experiments/results/probes/large_mae/model"
+CONTACTS_DATA = "data/dataset_contacts"
+CONTACTS_SETTINGS = {
+  "copies": 1,
+  "volume_low": 0.97,
+  "volume_high": 1.03,
+  "shear_std": 0.01,
+  "rattle": 0.25,
+  "max_sources": 2000,
+}
+CONTACTS_EPOCHS = 4
+CONTACTS_LR = 1.25e-4
+CONTACTS_HALVING_EPOCHS = 2
+#: Global-norm gradient clipping of ``large_mae_contacts``, below the norm of any batch: every
+#: step's gradient is scaled to this norm (Adam then sees each batch with the same weight). On the
+#: shortest contacts the starting network predicts forces of ~1e11 eV/Å; unclipped, the first
+#: such batch fills Adam's second moments and freezes most parameters for thousands of steps.
+CONTACTS_GRAD_CLIP = 1e-4
 #: Variants of the shipped config itself (5 Å, strain data); the others keep 4 Å.
 SHIPPED_VARIANTS = (
   "blocks6",
@@ -161,6 +190,7 @@ SHIPPED_VARIANTS = (
   "large_mae",
   "large_mae_cpu",
   "large_finetune_mae",
+  "large_mae_contacts",
 )
 VARIANTS = (*SHIPPED_VARIANTS, "cutoff4", "no_strain", "wide", *RATTLE_DATA, *PAPER_HEADS)
 
@@ -201,7 +231,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "wide":
     for key, value in WIDE.items():
       c.model[key] = value
-  if arg in ("large", "large_mae", "large_mae_cpu", "large_finetune_mae"):
+  if arg in ("large", "large_mae", "large_mae_cpu", "large_finetune_mae", "large_mae_contacts"):
     c.scale = "paper"
     for key, value in LARGE.items():
       c.model[key] = value
@@ -209,7 +239,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_epochs = LARGE_EPOCHS
     c.lr_halving_epochs = LARGE_HALVING_EPOCHS
     c.patience = 0
-  if arg in ("large_mae", "large_mae_cpu"):
+  if arg in ("large_mae", "large_mae_cpu", "large_mae_contacts"):
     c.loss = "mae"
   if arg == "large_mae_cpu":
     c.max_train_minutes = LARGE_MAE_CPU_MINUTES
@@ -219,6 +249,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_epochs = FINETUNE_EPOCHS
     c.learning_rate = FINETUNE_LR
     c.lr_halving_epochs = FINETUNE_HALVING_EPOCHS
+  if arg == "large_mae_contacts":
+    c.init_from = CONTACTS_FROM
+    c.data.path = CONTACTS_DATA
+    c.num_epochs = CONTACTS_EPOCHS
+    c.learning_rate = CONTACTS_LR
+    c.lr_halving_epochs = CONTACTS_HALVING_EPOCHS
+    c.grad_clip = CONTACTS_GRAD_CLIP
   if seed:
     c.seed = int(seed)
   return c
