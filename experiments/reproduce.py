@@ -46,12 +46,13 @@ Rows (names as in :mod:`experiments.make_tables`):
   as the loss (``pretrained.py:finetune_mae``, ``GNN (fast; default in sessions 16-24)``, the
   package's fast model; seeds 0 and 1, the package ships seed 0);
 * ``pretrained_large_mae``: the shipped architecture at the paper's depth and width on the MAE
-  loss under its CPU budget (``pretrained.py:large_mae_cpu``, ``GNN (shipped)``: the package's
-  default since session 25; 330 min on both cores);
+  loss under its CPU budget (``pretrained.py:large_mae_cpu``,
+  ``GNN (large epoch 31; default in session 25)``; 330 min on both cores);
 * ``pretrained_large_mae_contacts``: ``large_mae``'s epoch-37 export fine-tuned on the strain
   frames plus 2,000 teacher-labelled copies displaced by 0.25 Å (``pretrained.py:
-  large_mae_contacts``, ``GNN (large; short-contact fine-tune)``; its dataset is joined from the
-  committed ``data/dataset_contacts/strain.npz``, or labelled, ~3 min on both cores);
+  large_mae_contacts``, ``GNN (shipped)``: the package's default since session 26; its dataset is
+  joined from the committed ``data/dataset_contacts/strain.npz``, or labelled, ~3 min on both
+  cores);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
   heads trained with the shipped budget (``pretrained.py:HEAD``,
   ``GNN stress=HEAD (shipped budget)``): Table 5 at the shipped model's budget.
@@ -127,10 +128,13 @@ STRAIN_ROWS = {
     "pretrained.py:finetune_mae",
     "GNN (fast; default in sessions 16-24)",
   ),
-  "pretrained_large_mae": ("pretrained.py:large_mae_cpu", "GNN (shipped)"),
+  "pretrained_large_mae": (
+    "pretrained.py:large_mae_cpu",
+    "GNN (large epoch 31; default in session 25)",
+  ),
 }
 #: Row of ``pretrained.py:large_mae_contacts`` (trained on ``data/dataset_contacts``).
-CONTACTS_ROW = "GNN (large; short-contact fine-tune)"
+CONTACTS_ROW = "GNN (shipped)"
 #: Seeds (of ``--seeds``) of the strain-data rows trained more than once (others: seed 0).  The
 #: fine-tune's seed 1 starts from the same model as seed 0 (``FINETUNE_FROM``): its spread is the
 #: fine-tune's own (batch order, augmentation), not the base run's; the package ships seed 0.

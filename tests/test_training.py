@@ -676,7 +676,7 @@ def test_energy_baseline_trains_on_energies_per_atom(tiny_dataset, tmp_path):
 @pytest.mark.parametrize(
   "directory,kind,config_name,config_arg",
   [
-    ("force_stress", "force_stress", "pretrained", "large_mae_cpu"),
+    ("force_stress", "force_stress", "pretrained", "large_mae_contacts"),
     ("force_stress_fast", "force_stress", "pretrained", "finetune_mae"),
     ("energy", "energy", "pretrained_energy", None),
   ],

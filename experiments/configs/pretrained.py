@@ -1,7 +1,10 @@
 """The shipped force/stress models' configs (``crystal_search/pretrained/``).
 
   crystal-search train --config=experiments/configs/pretrained.py:large_mae_cpu \
-      --workdir=runs/large_mae        # the default model (force_stress/): 7 blocks x 64, MAE
+      --workdir=runs/large_mae        # 7 blocks x 64, MAE (default in session 25)
+  crystal-search train --config=experiments/configs/pretrained.py:large_mae_contacts \
+      --workdir=runs/large_mae_contacts  # the default model (force_stress/): large_mae's
+                                         # epoch-37 export fine-tuned with short contacts
   crystal-search train --config=experiments/configs/pretrained.py --workdir=runs/pretrained
   crystal-search train --config=experiments/configs/pretrained.py:finetune_mae \
       --workdir=runs/finetune_mae     # the fast model (force_stress_fast/): the above, fine-tuned
@@ -23,7 +26,7 @@ config, resumed from ``experiments/results/probes/vectors``).  Shipped in sessio
 ``GNN (vectors; shipped in sessions 12-15)``); in sessions 16-24 the package's default was
 ``pretrained.py:finetune_mae``, this model fine-tuned 12 epochs on the MAE loss, packaged since
 session 25 as the fast model (``force_stress_fast``, ``--model=fast``; row
-``GNN (fast; default in sessions 16-24)``); the default since is ``large_mae_cpu`` (below).  The configs shipped before are ``pretrained.py:blocks6`` (sessions 10-11),
+``GNN (fast; default in sessions 16-24)``); the default was ``large_mae_cpu`` (below) in session 25 and is ``large_mae_contacts`` since.  The configs shipped before are ``pretrained.py:blocks6`` (sessions 10-11),
 ``:blocks4`` (session 9) and ``:cutoff4`` (sessions 7-8).
 Validation stays on the CPU scale's ``CPU_EVAL_FRAMES`` subset so that the per-epoch
 validation does not dominate the epoch time.
@@ -63,8 +66,8 @@ The accelerator scale of the shipped config (``scale='paper'``; for a lent GPU,
   ``max_train_minutes``, ~8-14 min an epoch on both cores; after 33 epochs (best 31) test
   force 0.0299 eV/Å, stress 0.886 kBar: ``experiments/results/probes/README.md``);
 * ``pretrained.py:large_mae_cpu``: ``large_mae`` under the CPU budget it trained with
-  (``LARGE_MAE_CPU_MINUTES``): the package's default force/stress model since session 25
-  (``crystal_search/pretrained/force_stress``, row ``GNN (shipped)``; the fine-tune shipped in
+  (``LARGE_MAE_CPU_MINUTES``): its epoch-31 export was the package's default force/stress model
+  in session 25 (row ``GNN (large epoch 31; default in session 25)``; the fine-tune shipped in
   sessions 16-24 is ``force_stress_fast``, ``--model=fast``);
 * ``pretrained.py:large_finetune_mae``: ``large``'s export (``LARGE_WORKDIR/model``) trained on
   with the MAE loss, as ``finetune_mae`` does for the shipped model.
@@ -73,8 +76,9 @@ The accelerator scale of the shipped config (``scale='paper'``; for a lent GPU,
   strain dataset's training frames plus ``CONTACTS_SETTINGS['max_sources']`` of them displaced by
   ``CONTACTS_SETTINGS['rattle']`` Å and labelled by the teacher, so that the network sees contacts
   of 1.2–2.1 Å (median 1.8) where its training frames have none below 2.0 Å (session 26; the
-  default model blows up on rattled starts with 1.5–1.7 Å contacts,
-  ``benchmarks/results/known_phase_basins.md``).
+  epoch-31 model blew up on rattled starts with 1.5–1.7 Å contacts,
+  ``benchmarks/results/known_phase_basins_large31.md``).  The package's default force/stress
+  model since session 26 (``crystal_search/pretrained/force_stress``, row ``GNN (shipped)``).
 
 The other variants (none shipped) keep the 4 Å cutoff of ``default.py:cpu``; the rows named
 ``shipped config; ...`` in the tables are variants of ``cutoff4``, the config shipped when they
