@@ -28,6 +28,21 @@ def _one_line_error(script, flags, tmp_path):
   return lines[0]
 
 
+def _report(script, flags, tmp_path):
+  """Runs ``benchmarks/script`` with ``flags``; asserts it succeeds and returns its JSON report
+  (written to ``tmp_path/report.json``, its markdown beside it)."""
+  out = str(tmp_path / "report.json")
+  done = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "benchmarks", script), *flags, f"--out={out}"],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(out) as f:
+    return json.load(f)
+
+
 @pytest.mark.parametrize(
   "script, flag",
   [
@@ -59,25 +74,9 @@ def test_relax_throughput_compares_two_models_in_one_run(tmp_path):
   """``--peer_model``: part (c) relaxes the same cells with a second network in the same run;
   the shipped model against itself takes exactly the same steps, and ``--chgnet_structures=0``
   skips CHGNet."""
-  out = str(tmp_path / "report.json")
-  script = os.path.join(ROOT, "benchmarks", "relax_throughput.py")
   args = ["--num_structures=3", "--max_steps=4", "--noscaling", "--chgnet_structures=0"]
-  done = subprocess.run(
-    [
-      sys.executable,
-      script,
-      f"--model={SHIPPED}",
-      f"--peer_model={SHIPPED}",
-      *args,
-      f"--out={out}",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert done.returncode == 0, done.stderr[-2000:]
-  with open(out) as f:
-    report = json.load(f)
+  flags = [f"--model={SHIPPED}", f"--peer_model={SHIPPED}", *args]
+  report = _report("relax_throughput.py", flags, tmp_path)
   assert "chgnet" not in report and not any(k.endswith("_over_chgnet") for k in report)
   ours, peer = report["ours"]["main"], report["peer"]["main"]
   assert ours["structures"] == peer["structures"] == 3
@@ -368,29 +367,18 @@ def test_capacity_probe_rows_wait_for_their_epochs_and_time_without_compilation(
 def test_known_phase_basins_records_the_force_predicted_on_each_start(tmp_path):
   """``start_max_force`` is the largest atomic force (eV/Å) on each perturbed start: the same
   starts rebuilt here and evaluated through the ASE calculator give the same numbers."""
-  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-  import known_phase_basins
   from pymatgen.io.ase import AseAtomsAdaptor
 
   from crystal_search import metrics, relax
   from crystal_search.force_fields.ase import CrystalSearchCalculator
 
-  out = str(tmp_path / "report.json")
-  flags = ["--copies=2", "--max_atoms=16", "--max_steps=3", "--seed=1", "--no-teacher"]
-  done = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "benchmarks", "known_phase_basins.py"), "--model=fast"]
-    + [*flags, f"--out={out}"],
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert done.returncode == 0, done.stderr[-2000:]
-  with open(out) as f:
-    report = json.load(f)
+  flags = ["--model=fast", "--copies=2", "--max_atoms=16", "--max_steps=3", "--seed=1"]
+  report = _report("known_phase_basins.py", [*flags, "--no-teacher"], tmp_path)
   assert list(report["phases"]) == ["LiSi (mp-795)"]  # the only phase of at most 16 atoms
   recorded = report["phases"]["LiSi (mp-795)"]["model"]["start_max_force"]
   phase = metrics.load_reference_phases()["LiSi (mp-795)"].get_primitive_structure()
-  starts = known_phase_basins.perturbed(phase, copies=2, rattle=0.3, strain=0.05, seed=1)
+  basins = _benchmark("known_phase_basins")
+  starts = basins.perturbed(phase, copies=2, rattle=0.3, strain=0.05, seed=1)
   calculator = CrystalSearchCalculator(relax.make_force_field("model", model="fast"))
   expected = []
   for s in starts:
@@ -399,5 +387,5 @@ def test_known_phase_basins_records_the_force_predicted_on_each_start(tmp_path):
     expected.append(float(np.linalg.norm(atoms.get_forces(), axis=-1).max()))
   assert len(recorded) == 2 and min(expected) > 0.1
   np.testing.assert_allclose(recorded, expected, atol=0.011, rtol=1e-3)
-  with open(out.replace(".json", ".md")) as f:
+  with open(tmp_path / "report.md") as f:
     assert "Largest atomic force (eV/Å) predicted on each start" in f.read()

@@ -142,7 +142,10 @@ def test_the_default_model_stays_sane_on_short_contacts():
   from crystal_search.force_fields.ase import CrystalSearchCalculator
 
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-  import known_phase_basins
+  try:
+    import known_phase_basins
+  finally:
+    sys.path.pop(0)
 
   phase = metrics.load_reference_phases()["Li13Si4 (mp-672287)"].get_primitive_structure()
   starts = known_phase_basins.perturbed(phase, copies=4, rattle=0.3, strain=0.05, seed=0)
