@@ -1,11 +1,12 @@
-"""Do committees lower the shipped model's frame errors?  Seed ensembles, weight averages and
-rotation averages of the fine-tuned force/stress models.
+"""Do committees lower a model's frame errors?  Seed ensembles, weight averages and rotation
+averages of fine-tuned force/stress models.
 
 Three standard variance-reduction tricks, all on the same validation and test frames:
 
 * the **ensemble** (mean prediction) of the models in ``--models``
-  (:func:`crystal_search.force_fields.ensemble.committee`; e.g. the shipped fine-tune, seed 0,
-  and its seed-1 twin, both fine-tuned from the same session-12 model);
+  (:func:`crystal_search.force_fields.ensemble.committee`; by default the fast model
+  (``--model=fast``, the fine-tune shipped as the default in sessions 16-24), seed 0, and its
+  seed-1 twin, both fine-tuned from the same session-12 model);
 * their **weight average** ("model soup": the mean of the parameters, one network's cost;
   meaningful only for models fine-tuned from one start, as these are);
 * the **rotation average** of the first model over the identity and the six 90-degree turns of
@@ -28,7 +29,11 @@ import time
 
 import _common  # benchmarks/_common.py (this folder is on sys.path)
 
-DEFAULT_MODELS = "shipped,seed1=experiments/results/probes/finetune_mae_seed_1/model"
+#: The fast model and its seed-1 twin: two fine-tunes of one start, so their weights can be averaged.
+DEFAULT_MODELS = (
+  "fast=crystal_search/pretrained/force_stress_fast,"
+  "seed1=experiments/results/probes/finetune_mae_seed_1/model"
+)
 
 
 def main() -> None:
@@ -106,9 +111,9 @@ def main() -> None:
     "command": _common.command_line(),
     "machine": _common.machine(),
     "models": paths,
-    "shipped_force_stress": {
-      k: (_common.shipped_metadata("force_stress") or {}).get(k)
-      for k in ("config_hash", "data_version")
+    "model_metadata": {
+      name: {k: rec[3].get(k) for k in ("config_hash", "data_version")}
+      for name, rec in loaded.items()
     },
     "dataset": args.dataset,
     "results": results,
@@ -124,7 +129,7 @@ def main() -> None:
 
 def markdown(report: dict) -> str:
   lines = [
-    "# Committees of the shipped force/stress model",
+    "# Committees of force/stress models",
     "",
     f"`{report['command']}`",
     "",
