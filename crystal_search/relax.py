@@ -38,6 +38,19 @@ of a structure is scaled down to ``max_displacement`` Å and the largest strain
 component to ``max_strain`` (the velocity is scaled with the step, so the
 dynamics stays consistent).
 
+**FIRE** (``optimizer="fire"``, not in the paper): the fast inertial relaxation engine
+(Bitzek et al., PRL 97, 170201 (2006)) exactly as ASE's :class:`ase.optimize.FIRE` steps it
+(the optimiser of CHGNet's ``StructOptimizer``), per structure, over the atoms' Cartesian
+positions and, with ``relax_cell``, the cell's strain in the coordinates of ASE's cell
+filters: ``u = N eps`` (Å-like, ``N`` atoms, ``eps`` the symmetric strain) with generalised
+force ``-V sigma / N`` (eV/Å; ``V`` in Å^3, ``sigma`` in eV/Å^3).  With ``P = F . v`` over
+all coordinates of a structure: ``P > 0`` mixes ``v <- (1 - a) v + a |v| F/|F|`` and, after
+more than ``N_min = 5`` such steps in a row, ``dt <- min(1.1 dt, fire_dt_max)``, ``a <- 0.99
+a``; ``P <= 0`` sets ``v = 0``, ``a = 0.1``, ``dt <- dt / 2``.  Then ``v += dt F`` and the
+step is ``dt v``, scaled down to a norm of at most ``fire_max_step`` Å over all coordinates.
+Cell steps apply as ``L <- L (I + eps)`` with atoms following the cell, as above.  The
+safety caps and failure checks are the same for both optimisers.
+
 Convergence is per structure: ``max_i |F_i| < fmax`` (eV/Å) and
 ``max_ab |sigma_ab| < smax`` (kBar).  A converged structure stops moving while
 the others go on; ``max_steps`` bounds the number of position updates.
@@ -88,10 +101,17 @@ from crystal_search import crystals as crystals_lib
 from crystal_search.crystals import Crystals, cell_heights
 from crystal_search.errors import InputError
 from crystal_search.force_fields.base import ForceFieldOutput
+from crystal_search.units import EV_PER_A3_TO_KBAR
 
 #: Failure codes (index) and their reason strings; 0 means no failure.
 FAILURE_REASONS: tuple[str | None, ...] = (None, "nan", "volume", "overlap", "cell_collapse")
 _NAN, _VOLUME, _OVERLAP, _COLLAPSE = 1, 2, 3, 4
+
+#: The update rules of :func:`move` (``optimizer`` setting).
+OPTIMIZERS = ("damped", "fire")
+#: FIRE constants, ASE's defaults (:class:`ase.optimize.FIRE`): steps with ``P > 0`` before
+#: ``dt`` grows, its growth and shrink factors, the initial mixing ``a`` and its decay.
+FIRE_N_MIN, FIRE_F_INC, FIRE_F_DEC, FIRE_A_START, FIRE_F_A = 5, 1.1, 0.5, 0.1, 0.99
 
 
 # ----------------------------------------------------------------------------
@@ -102,11 +122,17 @@ def get_relax_config() -> ml_collections.ConfigDict:
   """Default relaxation settings (the paper's teacher: IBRION=3, SMASS=2, POTIM=0.4, ISIF=3).
 
   Fields (units):
+    optimizer: ``"damped"`` (VASP IBRION=3 damped dynamics, the paper's teacher) or
+      ``"fire"`` (ASE's FIRE over positions and cell strain; see the module docstring).
     potim: VASP POTIM, step scale (dimensionless; see the module docstring).
     smass: VASP SMASS, damping ``mu`` in [0, 2] (2 = steepest descent).
     ion_step_per_potim: Å²/eV, ion step ``alpha_ion = potim * ion_step_per_potim``.
     cell_step_per_potim: 1/kBar, cell step ``alpha_cell = potim * cell_step_per_potim``.
     relax_cell: move the cell (ISIF=3) or only the ions (ISIF=2).
+    fire_dt: FIRE's initial time step, Å/sqrt(eV) (a step is ``dt^2 F``; ASE's default 0.1).
+    fire_dt_max: FIRE's largest time step, Å/sqrt(eV) (ASE's default 1.0).
+    fire_max_step: Å, FIRE's cap on the norm of one step over all coordinates of a
+      structure (ASE's ``maxstep``, default 0.2).
     fmax: eV/Å, convergence on the largest atomic force norm.
     smax: kBar, convergence on the largest stress component (ignored without relax_cell).
     max_steps: largest number of position updates per structure.
@@ -125,11 +151,15 @@ def get_relax_config() -> ml_collections.ConfigDict:
     max_retries: force-field capacity growths allowed per chunk (overflow).
   """
   c = ml_collections.ConfigDict()
+  c.optimizer = "damped"
   c.potim = 0.4
   c.smass = 2.0
   c.ion_step_per_potim = 0.25
   c.cell_step_per_potim = 1e-3
   c.relax_cell = True
+  c.fire_dt = 0.1
+  c.fire_dt_max = 1.0
+  c.fire_max_step = 0.2
   c.fmax = 0.05
   c.smax = 5.0
   c.max_steps = 300
@@ -167,8 +197,13 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     "max_strain",
     "min_volume_ratio",
     "memory_budget_mb",
+    "fire_dt",
+    "fire_dt_max",
+    "fire_max_step",
   ):
     need(_finite(c[field]) and c[field] > 0, field, "a positive number")
+  need(c.optimizer in OPTIMIZERS, "optimizer", " or ".join(repr(o) for o in OPTIMIZERS))
+  need(c.fire_dt <= c.fire_dt_max, "fire_dt", f"<= fire_dt_max = {c.fire_dt_max}")
   need(_finite(c.smass) and 0.0 <= c.smass <= 2.0, "smass", "in [0, 2] (2 = steepest descent)")
   for field in ("max_steps", "chunk_steps", "max_batch_size"):
     need(_is_int(c[field]) and c[field] >= 1, field, "an integer >= 1")
@@ -227,11 +262,15 @@ def make_config(config: ml_collections.ConfigDict | dict | None = None, **overri
 class DynamicsParams:
   """Static (hashable) parameters of the update rule; see :func:`get_relax_config`."""
 
+  optimizer: str = "damped"
   potim: float = 0.4
   smass: float = 2.0
   ion_step_per_potim: float = 0.25
   cell_step_per_potim: float = 1e-3
   relax_cell: bool = True
+  fire_dt: float = 0.1
+  fire_dt_max: float = 1.0
+  fire_max_step: float = 0.2
   fmax: float = 0.05
   smax: float = 5.0
   max_steps: int = 300
@@ -254,13 +293,18 @@ class DynamicsParams:
 
 @struct.dataclass
 class RelaxState:
-  """State of a batch of ``B`` damped-dynamics relaxations with ``N`` atom slots.
+  """State of a batch of ``B`` relaxations with ``N`` atom slots.
 
   Attributes:
     crystals: current structures (positions ``[B, N, 3]`` fractional, lattice
       ``[B, 3, 3]`` rows in Å, ...).
-    velocity: ``[B, N, 3]`` Å, Cartesian ion step of the last update ``v_{n-1/2}``.
-    cell_velocity: ``[B, 3, 3]`` dimensionless symmetric strain step ``w_{n-1/2}``.
+    velocity: ``[B, N, 3]``: damped dynamics: Å, Cartesian ion step of the last update
+      ``v_{n-1/2}``; FIRE: its velocity, Å/(Å/sqrt(eV)) (a step is ``dt * velocity`` in Å).
+    cell_velocity: ``[B, 3, 3]``: damped dynamics: dimensionless symmetric strain step
+      ``w_{n-1/2}``; FIRE: the velocity of the strain coordinates ``u = N eps``.
+    fire_dt: ``[B]`` Å/sqrt(eV), FIRE's current time step (unused by damped dynamics).
+    fire_alpha: ``[B]`` FIRE's current mixing ``a``.
+    fire_positive: ``[B]`` int32, FIRE's count of steps in a row with ``P > 0``.
     forces: ``[B, N, 3]`` eV/Å at the current positions.
     stress: ``[B, 3, 3]`` kBar (tensile positive) at the current positions.
     energy: ``[B]`` eV per cell (NaN where the force field gives none).
@@ -279,6 +323,9 @@ class RelaxState:
   crystals: Crystals
   velocity: jax.Array
   cell_velocity: jax.Array
+  fire_dt: jax.Array
+  fire_alpha: jax.Array
+  fire_positive: jax.Array
   forces: jax.Array
   stress: jax.Array
   energy: jax.Array
@@ -313,10 +360,11 @@ class Trajectory:
   energy: jax.Array
 
 
-def fresh_state(crystals: Crystals) -> RelaxState:
+def fresh_state(crystals: Crystals, *, fire_dt: float = 0.1) -> RelaxState:
   """A state for new structures whose forces are not yet computed (numpy arrays).
 
-  The first :func:`observe` (or ``init_fn``) evaluates them at step 0.
+  The first :func:`observe` (or ``init_fn``) evaluates them at step 0.  ``fire_dt``
+  (Å/sqrt(eV)) is FIRE's initial time step.
   """
   positions = np.asarray(crystals.positions)
   lattice = np.asarray(crystals.lattice)
@@ -327,6 +375,9 @@ def fresh_state(crystals: Crystals) -> RelaxState:
     crystals=jax.tree_util.tree_map(np.asarray, crystals),
     velocity=np.zeros((b, n, 3), dtype),
     cell_velocity=np.zeros((b, 3, 3), dtype),
+    fire_dt=np.full((b,), fire_dt, dtype),
+    fire_alpha=np.full((b,), FIRE_A_START, dtype),
+    fire_positive=np.zeros((b,), np.int32),
     forces=np.zeros((b, n, 3), dtype),
     stress=np.zeros((b, 3, 3), dtype),
     energy=np.full((b,), np.nan, dtype),
@@ -350,15 +401,45 @@ def active(state: RelaxState, params: DynamicsParams) -> jax.Array:
 
 
 def move(state: RelaxState, params: DynamicsParams) -> RelaxState:
-  """One damped-dynamics update of positions and cell of every active structure.
+  """One update of positions and cell of every active structure (``params.optimizer``).
 
   Inactive structures (converged, failed, at ``max_steps``, fresh, padding) keep
-  their positions, lattice and velocities.  Forces are not recomputed here.
+  their positions, lattice and optimiser state.  Forces are not recomputed here.
   """
-  mu = params.smass
   go = active(state, params)
   c = state.crystals
-  mask = c.mask[..., None]
+  if params.optimizer == "fire":
+    v, w, step, strain, fire = _fire_update(state, params)
+  else:
+    v, w = _damped_update(state, params)
+    step, strain, fire = v, w, (state.fire_dt, state.fire_alpha, state.fire_positive)
+
+  inv = jnp.linalg.inv(c.lattice)
+  positions = c.positions + jnp.einsum("bni,bij->bnj", step, inv)
+  eye = jnp.eye(3, dtype=c.lattice.dtype)
+  lattice = jnp.einsum("bij,bjk->bik", c.lattice, eye + strain)
+
+  g3 = go[:, None, None]
+  return state.replace(
+    crystals=c.replace(
+      positions=jnp.where(g3, positions, c.positions),
+      lattice=jnp.where(g3, lattice, c.lattice),
+    ),
+    velocity=jnp.where(g3, v, state.velocity),
+    cell_velocity=jnp.where(g3, w, state.cell_velocity),
+    fire_dt=jnp.where(go, fire[0], state.fire_dt),
+    fire_alpha=jnp.where(go, fire[1], state.fire_alpha),
+    fire_positive=jnp.where(go, fire[2], state.fire_positive),
+    previous_positions=jnp.where(g3, c.positions, state.previous_positions),
+    previous_lattice=jnp.where(g3, c.lattice, state.previous_lattice),
+    moving=go,
+  )
+
+
+def _damped_update(state: RelaxState, params: DynamicsParams):
+  """Damped dynamics: ``(v [B, N, 3] Å, w [B, 3, 3])``, the capped ion and strain steps."""
+  mu = params.smass
+  mask = state.crystals.mask[..., None]
   a_ion = params.potim * params.ion_step_per_potim
   v = ((1 - mu / 2) * state.velocity + 2 * a_ion * state.forces) / (1 + mu / 2)
   v = jnp.where(mask, v, 0.0)
@@ -373,24 +454,66 @@ def move(state: RelaxState, params: DynamicsParams) -> RelaxState:
     w = w * jnp.minimum(1.0, params.max_strain / jnp.maximum(w_max, 1e-30))[:, None, None]
   else:
     w = jnp.zeros_like(state.cell_velocity)
+  return v, w
 
-  inv = jnp.linalg.inv(c.lattice)
-  positions = c.positions + jnp.einsum("bni,bij->bnj", v, inv)
-  eye = jnp.eye(3, dtype=c.lattice.dtype)
-  lattice = jnp.einsum("bij,bjk->bik", c.lattice, eye + w)
 
-  g3 = go[:, None, None]
-  return state.replace(
-    crystals=c.replace(
-      positions=jnp.where(g3, positions, c.positions),
-      lattice=jnp.where(g3, lattice, c.lattice),
-    ),
-    velocity=jnp.where(g3, v, state.velocity),
-    cell_velocity=jnp.where(g3, w, state.cell_velocity),
-    previous_positions=jnp.where(g3, c.positions, state.previous_positions),
-    previous_lattice=jnp.where(g3, c.lattice, state.previous_lattice),
-    moving=go,
+def _fire_update(state: RelaxState, params: DynamicsParams):
+  """FIRE (ASE's step rule) over ion positions and cell strain; see the module docstring.
+
+  Returns ``(v, w, step, strain, (dt, alpha, positive))``: the new velocities, the ion step
+  ``[B, N, 3]`` Å, the strain step ``[B, 3, 3]`` and the new per-structure FIRE scalars.
+  """
+  c = state.crystals
+  mask = c.mask[..., None]
+  f_ion = jnp.where(mask, state.forces, 0.0)
+  n = jnp.maximum(c.n_atoms, 1).astype(f_ion.dtype)[:, None, None]
+  if params.relax_cell:
+    volume = jnp.abs(jnp.linalg.det(c.lattice))[:, None, None]
+    sigma = 0.5 * (state.stress + jnp.swapaxes(state.stress, -1, -2)) / EV_PER_A3_TO_KBAR
+    f_cell = -volume * sigma / n  # eV/Å on the strain coordinates u = N eps
+  else:
+    f_cell = jnp.zeros_like(state.cell_velocity)
+
+  def dot(a_ion, a_cell, b_ion, b_cell):
+    return jnp.sum(a_ion * b_ion, axis=(-1, -2)) + jnp.sum(a_cell * b_cell, axis=(-1, -2))
+
+  v_ion, v_cell = state.velocity, state.cell_velocity
+  dt, alpha, positive = state.fire_dt, state.fire_alpha, state.fire_positive
+  p = dot(f_ion, f_cell, v_ion, v_cell)
+  f_norm = jnp.sqrt(jnp.maximum(dot(f_ion, f_cell, f_ion, f_cell), 1e-30))
+  v_norm = jnp.sqrt(dot(v_ion, v_cell, v_ion, v_cell))
+  # ASE's first step (no velocity yet) neither mixes nor resets.
+  first = state.step == 0
+  uphill = (p <= 0) & ~first
+  downhill = (p > 0) & ~first
+  mix = (alpha * v_norm / f_norm)[:, None, None]
+  keep = (1 - alpha)[:, None, None]
+  d3, u3 = downhill[:, None, None], uphill[:, None, None]
+  v_ion = jnp.where(d3, keep * v_ion + mix * f_ion, jnp.where(u3, 0.0, v_ion))
+  v_cell = jnp.where(d3, keep * v_cell + mix * f_cell, jnp.where(u3, 0.0, v_cell))
+  grow = downhill & (positive > FIRE_N_MIN)
+  new_dt = jnp.where(grow, jnp.minimum(dt * FIRE_F_INC, params.fire_dt_max), dt)
+  new_dt = jnp.where(uphill, dt * FIRE_F_DEC, new_dt)
+  new_alpha = jnp.where(grow, alpha * FIRE_F_A, alpha)
+  new_alpha = jnp.where(uphill, FIRE_A_START, new_alpha)
+  new_positive = jnp.where(downhill, positive + 1, jnp.where(uphill, 0, positive))
+
+  t3 = new_dt[:, None, None]
+  v_ion = v_ion + t3 * f_ion
+  v_cell = v_cell + t3 * f_cell
+  step_ion, step_cell = t3 * v_ion, t3 * v_cell
+  norm = jnp.sqrt(dot(step_ion, step_cell, step_ion, step_cell))
+  scale = jnp.minimum(1.0, params.fire_max_step / jnp.maximum(norm, 1e-30))[:, None, None]
+  step_ion, step_cell = step_ion * scale, step_cell * scale
+  # The safety caps shared with damped dynamics (scale the step, keep FIRE's velocity).
+  d_max = jnp.max(jnp.linalg.norm(step_ion, axis=-1), axis=-1)
+  step_ion = (
+    step_ion * jnp.minimum(1.0, params.max_displacement / jnp.maximum(d_max, 1e-30))[:, None, None]
   )
+  strain = step_cell / n
+  s_max = jnp.max(jnp.abs(strain), axis=(-1, -2))
+  strain = strain * jnp.minimum(1.0, params.max_strain / jnp.maximum(s_max, 1e-30))[:, None, None]
+  return v_ion, v_cell, step_ion, strain, (new_dt, new_alpha, new_positive.astype(jnp.int32))
 
 
 #: Å, covalent radius by atomic number (``ase.data.covalent_radii``; index 0 unused).
@@ -551,7 +674,7 @@ def damped_dynamics(
   if force_field is None:
 
     def init_fn(crystals: Crystals, output: ForceFieldOutput) -> RelaxState:
-      return observe_fn(fresh_state(crystals), output, params)
+      return observe_fn(fresh_state(crystals, fire_dt=params.fire_dt), output, params)
 
     def apply_fn(state: RelaxState, force_fn: Callable) -> RelaxState:
       state = move_fn(state, params)
@@ -562,7 +685,7 @@ def damped_dynamics(
   if getattr(force_field, "jittable", False):
 
     def init_fn(crystals: Crystals) -> RelaxState:
-      return observe(fresh_state(crystals), force_field(crystals), params)
+      return observe(fresh_state(crystals, fire_dt=params.fire_dt), force_field(crystals), params)
 
     def apply_fn(state: RelaxState) -> RelaxState:
       state = move(state, params)
@@ -571,7 +694,7 @@ def damped_dynamics(
     return init_fn, apply_fn
 
   def host_init(crystals: Crystals) -> RelaxState:
-    state = fresh_state(crystals)
+    state = fresh_state(crystals, fire_dt=params.fire_dt)
     return observe_fn(state, _host_eval(force_field, state), params)
 
   def host_apply(state: RelaxState) -> RelaxState:
@@ -831,9 +954,9 @@ def _mesh_sharding(num_devices: int):
   )
 
 
-def _load_slots(state, traj, slots: Sequence[int], crystals: Crystals):
+def _load_slots(state, traj, slots: Sequence[int], crystals: Crystals, *, fire_dt: float):
   """Put new structures (numpy ``crystals``, one per slot) into numpy ``state``/``traj`` rows."""
-  new = fresh_state(crystals)
+  new = fresh_state(crystals, fire_dt=fire_dt)
   idx = np.asarray(slots)
   state = jax.tree_util.tree_map(lambda a, b: _set_rows(a, idx, b), state, new)
   traj = jax.tree_util.tree_map(lambda a: _nan_cols(a, idx), traj)
@@ -1032,7 +1155,7 @@ class _Driver:
     def empty(n):
       return _padding_crystals(n, width)
 
-    state = jax.tree_util.tree_map(np.asarray, fresh_state(empty(b)))
+    state = jax.tree_util.tree_map(np.asarray, fresh_state(empty(b), fire_dt=params.fire_dt))
     traj = empty_trajectory(self.frames, b, width)
 
     def refill(state, traj, free):
@@ -1041,7 +1164,7 @@ class _Driver:
         take.append((free.pop(0), queue.popleft()))
       if take:
         new = crystals_lib.from_structures([structures[k] for _, k in take], max_atoms=width)
-        state, traj = _load_slots(state, traj, [s for s, _ in take], new)
+        state, traj = _load_slots(state, traj, [s for s, _ in take], new, fire_dt=params.fire_dt)
         for s, k in take:
           slot_of[s] = k
       return state, traj
@@ -1068,7 +1191,7 @@ class _Driver:
           bar.update(1)
       if free:
         # Freed slots become padding (no atoms) unless refilled from the queue.
-        state, traj = _load_slots(state, traj, free, empty(len(free)))
+        state, traj = _load_slots(state, traj, free, empty(len(free)), fire_dt=params.fire_dt)
         state, traj = refill(state, traj, free)
 
 
