@@ -48,6 +48,7 @@ def get_search_config() -> ml_collections.ConfigDict:
   c.max_symmops = 6  # largest point-group order of a symmetric cell (AIRSS SYMMOPS)
   c.primitive_cells = False  # max_atoms counts primitive cells of centred groups too
   c.seed = 0
+  c.optimizer = "fire"  # relaxer update rule: "fire" (ASE's FIRE) or "damped" (the paper's)
   c.fmax = 0.05  # eV/Å, convergence of the model relaxation
   c.smax = 1.0  # kBar
   c.max_steps = 600
@@ -74,6 +75,10 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     raise InputError(f"fmax must be positive (eV/Å), got {c.fmax}")
   if int(c.max_steps) <= 0:
     raise InputError(f"max_steps must be positive, got {c.max_steps}")
+  from crystal_search.relax import OPTIMIZERS
+
+  if c.optimizer not in OPTIMIZERS:
+    raise InputError(f"optimizer must be {' or '.join(OPTIMIZERS)}, got {c.optimizer!r}")
   from crystal_search.random_structures import check_settings
 
   check_settings(generator_config(c))
@@ -181,7 +186,10 @@ def run_search(
   t0 = time.perf_counter()
   results: list = []
   relax_kwargs = dict(
-    fmax=float(config.fmax), smax=float(config.smax), max_steps=int(config.max_steps)
+    optimizer=str(config.optimizer),
+    fmax=float(config.fmax),
+    smax=float(config.smax),
+    max_steps=int(config.max_steps),
   )
   trajectory_every = 1 if config.write_trajectories else 0
   try:

@@ -2,7 +2,8 @@ r"""Relax structures: ``crystal-search relax --input=FILE_OR_GLOB --output_dir=D
 
 Reads CIF / POSCAR / extxyz / pymatgen-JSON files (a file, a directory or a glob), relaxes
 positions and cell with VASP-style damped dynamics (IBRION=3; ``--relax.potim``,
-``--relax.smass`` and the other fields of :func:`crystal_search.relax.get_relax_config`), and
+``--relax.smass`` and the other fields of :func:`crystal_search.relax.get_relax_config`;
+``--relax.optimizer=fire`` for ASE's FIRE on positions and cell strain instead), and
 writes ``DIR/<name>.cif``, ``DIR/trajectories/<name>.extxyz`` (``--trajectory``) and
 ``DIR/summary.json``.  A file that cannot be read, an unsupported element or a failed
 relaxation is one line on stderr and one entry in the summary; the rest still run.

@@ -58,6 +58,13 @@ _FORCE_FIELD = flags.DEFINE_enum(
 _RESCORE = flags.DEFINE_integer(
   "rescore_top_k", 0, "Re-relax and re-score the top K with the teacher (CHGNet)."
 )
+_OPTIMIZER = flags.DEFINE_enum(
+  "optimizer",
+  "fire",
+  ["fire", "damped"],
+  "Relaxer update rule: fire (ASE's FIRE on positions and cell strain, fewer steps) or damped "
+  "(the paper's VASP IBRION=3 steepest descent, SMASS=2, POTIM=0.4).",
+)
 _FMAX = flags.DEFINE_float("fmax", 0.05, "Force convergence (eV/Å).")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", 600, "Step cap per relaxation.")
 _TRAJ = flags.DEFINE_boolean("trajectories", False, "Also write trajectories (extxyz).")
@@ -83,6 +90,7 @@ def main(argv: list[str]) -> None:
   config.primitive_cells = _PRIMITIVE.value
   config.seed = _SEED.value
   config.rescore_top_k = _RESCORE.value
+  config.optimizer = _OPTIMIZER.value
   config.fmax = _FMAX.value
   config.max_steps = _MAX_STEPS.value
   config.write_trajectories = _TRAJ.value

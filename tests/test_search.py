@@ -102,6 +102,35 @@ def test_bad_compositions(tmp_path, morse_ff, composition, pattern):
 def test_bad_numbers(tmp_path, morse_ff):
   with pytest.raises(InputError, match="num_structures"):
     search.run_search(_config(num_structures=0), force_field=morse_ff, output_dir=str(tmp_path))
+  with pytest.raises(InputError, match="optimizer must be damped or fire"):
+    search.run_search(_config(optimizer="bfgs"), force_field=morse_ff, output_dir=str(tmp_path))
+
+
+def test_the_optimizer_setting_reaches_the_relaxer(tmp_path, morse_ff):
+  """The search relaxes with FIRE by default; ``optimizer='damped'`` is the paper's rule."""
+  from crystal_search import compositions, random_structures, relax
+
+  assert search.get_search_config().optimizer == "fire"
+  c = _config(num_structures=3)
+  cells = random_structures.generate(
+    compositions.parse_composition("LiSi"), 3, seed=0, config=search.generator_config(c)
+  )
+  for optimizer in ("fire", "damped"):
+    out = tmp_path / optimizer
+    result = search.run_search(
+      _config(num_structures=3, optimizer=optimizer),
+      force_field=morse_ff,
+      output_dir=str(out),
+      progress=False,
+    )
+    direct = relax.relax_structures(
+      cells, morse_ff, optimizer=optimizer, fmax=c.fmax, smax=c.smax, max_steps=c.max_steps
+    )
+    assert sorted(x.steps for x in result.candidates) == sorted(
+      r.steps for r in direct if not r.failed
+    )
+    with open(out / "summary.json") as f:
+      assert json.load(f)["totals"]["settings"]["optimizer"] == optimizer
 
 
 @pytest.mark.parametrize(
