@@ -1032,7 +1032,8 @@ def relax_structures(
     num_devices: local devices to shard the batch over (default: all).
     stats: if given, filled with ``compiles`` (jit compilations in this call), ``chunks``
       (chunk runs), ``retries`` (capacity growths), ``batch_sizes`` (per bucket),
-      ``structure_steps`` (force evaluations of real structures) and
+      ``structure_steps`` (force evaluations of real structures), ``slot_steps`` (batch slots
+      times loop iterations, padding and finished slots included: the work paid for) and
       ``force_field`` (the force field after any growth).
     **overrides: e.g. ``potim=0.4, smass=2.0, fmax=0.05, smax=5.0, max_steps=300,
       trajectory_every=1``.
@@ -1092,7 +1093,14 @@ class _Driver:
     self.sharding = _mesh_sharding(devices)
     self.jittable = bool(getattr(force_field, "jittable", False))
     self.runners: dict = {}
-    self.info = {"compiles": 0, "chunks": 0, "retries": 0, "batch_sizes": {}, "structure_steps": 0}
+    self.info = {
+      "compiles": 0,
+      "chunks": 0,
+      "retries": 0,
+      "batch_sizes": {},
+      "structure_steps": 0,
+      "slot_steps": 0,
+    }
 
   def _runner(self, chunk: int):
     key = (id(self.force_field), chunk)
@@ -1117,8 +1125,9 @@ class _Driver:
     """One chunk with overflow retry: ``force_field.grow()`` and rerun from the chunk start."""
     for attempt in range(int(self.cfg.max_retries) + 1):
       dev_state, dev_traj = self._put(state, traj)
-      dev_state, dev_traj, _ = self._runner(chunk)(dev_state, dev_traj)
+      dev_state, dev_traj, iterations = self._runner(chunk)(dev_state, dev_traj)
       self.info["chunks"] += 1
+      self.info["slot_steps"] += int(iterations) * len(np.asarray(state.step))
       self._count_compiles()
       new_state = jax.tree_util.tree_map(np.asarray, dev_state)
       if not np.any(new_state.overflow):

@@ -38,8 +38,12 @@ def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> Non
   """``absl.app.run`` that turns :class:`InputError` (and flag errors) into one line on stderr.
 
   Exit codes: 0 success, 1 bad input, 130 interrupted.  Library INFO logs (orbax, jax) are
-  hidden unless ``--verbosity`` (absl) or a binary's own ``--verbose`` asks for them.
+  hidden unless ``--verbosity`` (absl) or a binary's own ``--verbose`` asks for them.  JAX's
+  persistent compilation cache is on (:mod:`crystal_search.compile_cache`).
   """
+  from crystal_search import compile_cache
+
+  compile_cache.enable()
 
   def wrapped(args: list[str]) -> None:
     fl = flags.FLAGS
