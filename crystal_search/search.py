@@ -4,7 +4,10 @@ Stages (each timed; wall seconds per stage go into the report):
 
 1. ``generate``: AIRSS-style random structures (:mod:`crystal_search.random_structures`);
 2. ``relax``: batched relaxation with a force field (:func:`crystal_search.relax.relax_structures`),
-   in chunks so that an interrupted run keeps what finished;
+   in chunks so that an interrupted run keeps what finished; by default with FIRE on positions and
+   cell (``optimizer="fire"``: fewer steps and lower minima than the paper's steepest descent on
+   the search's random cells, ``benchmarks/results/relax_optimizers.md``), ``"damped"`` for the
+   paper's VASP IBRION=3 rule;
 3. failed relaxations are dropped and counted by reason;
 4. ``energy``: energy per atom (eV/atom) of every relaxed structure, from the energy model shipped
    with the package or from the force field when it gives energies;
