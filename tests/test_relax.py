@@ -256,9 +256,10 @@ def test_padded_mixed_sizes_equal_each_alone():
     assert abs(r.energy - alone.energy) < 1e-4
 
 
-def test_host_path_gives_the_jitted_trajectory():
+@pytest.mark.parametrize("optimizer", relax.OPTIMIZERS)
+def test_host_path_gives_the_jitted_trajectory(optimizer):
   structures = [_perturbed_fcc(4), _perturbed_fcc(5, supercell=(2, 1, 1))]
-  settings = dict(TIGHT, max_steps=60)
+  settings = dict(TIGHT, max_steps=60, optimizer=optimizer)
   jit_res = relax.relax_structures(structures, LJ, **settings)
   host_res = relax.relax_structures(structures, NumpyForceField(LJ), **settings)
   for a, b in zip(jit_res, host_res):
