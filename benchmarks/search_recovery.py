@@ -105,10 +105,12 @@ def main() -> None:
   p.add_argument("--teacher_num_structures", type=int, default=16)
   p.add_argument("--fire_structures", type=int, default=4)
   p.add_argument("--max_steps", type=int, default=600)
+  from crystal_search import relax, search
+
   p.add_argument(
     "--optimizer",
-    default="fire",
-    choices=("fire", "damped"),
+    default=search.get_search_config().optimizer,
+    choices=relax.OPTIMIZERS,
     help="The search's relaxer rule (fire since session 28; damped before, the paper's).",
   )
   p.add_argument("--out", default="benchmarks/results/search_recovery.json")

@@ -1,9 +1,9 @@
 """JAX's persistent compilation cache for the command-line tools.
 
 A search or relaxation compiles one relaxation loop per atom-count bucket and batch size, a few
-seconds each on a CPU (26.6 s for the 3 shapes of a 4-cell LiSi relaxation with the fast model,
-3.6 s in a second process reading this cache).  The ``crystal-search`` binaries keep compiled
-programs on disk so that later runs on the same machine skip that work.
+seconds each on a CPU.  The ``crystal-search`` binaries keep compiled programs on disk so that
+later runs on the same machine skip that work (``scripts/main.sh`` twice on the idle 2-core
+machine: 6 min 48 s, then 6 min 11 s; README).
 
 Where: ``$CRYSTAL_SEARCH_JAX_CACHE`` if set (``off`` or empty: no cache), else
 ``$XDG_CACHE_HOME/crystal_search/jax`` (default ``~/.cache/crystal_search/jax``).  A

@@ -302,7 +302,8 @@ class RelaxState:
       ``v_{n-1/2}``; FIRE: its velocity, Å/(Å/sqrt(eV)) (a step is ``dt * velocity`` in Å).
     cell_velocity: ``[B, 3, 3]``: damped dynamics: dimensionless symmetric strain step
       ``w_{n-1/2}``; FIRE: the velocity of the strain coordinates ``u = N eps``.
-    fire_dt: ``[B]`` Å/sqrt(eV), FIRE's current time step (unused by damped dynamics).
+    fire_dt: ``[B]`` Å/sqrt(eV), FIRE's current time step (set at the first update; unused by
+      damped dynamics).
     fire_alpha: ``[B]`` FIRE's current mixing ``a``.
     fire_positive: ``[B]`` int32, FIRE's count of steps in a row with ``P > 0``.
     forces: ``[B, N, 3]`` eV/Å at the current positions.
@@ -360,11 +361,11 @@ class Trajectory:
   energy: jax.Array
 
 
-def fresh_state(crystals: Crystals, *, fire_dt: float = 0.1) -> RelaxState:
+def fresh_state(crystals: Crystals) -> RelaxState:
   """A state for new structures whose forces are not yet computed (numpy arrays).
 
-  The first :func:`observe` (or ``init_fn``) evaluates them at step 0.  ``fire_dt``
-  (Å/sqrt(eV)) is FIRE's initial time step.
+  The first :func:`observe` (or ``init_fn``) evaluates them at step 0.  FIRE's scalars are
+  set at a structure's first update (step 0) from the settings.
   """
   positions = np.asarray(crystals.positions)
   lattice = np.asarray(crystals.lattice)
@@ -375,8 +376,8 @@ def fresh_state(crystals: Crystals, *, fire_dt: float = 0.1) -> RelaxState:
     crystals=jax.tree_util.tree_map(np.asarray, crystals),
     velocity=np.zeros((b, n, 3), dtype),
     cell_velocity=np.zeros((b, 3, 3), dtype),
-    fire_dt=np.full((b,), fire_dt, dtype),
-    fire_alpha=np.full((b,), FIRE_A_START, dtype),
+    fire_dt=np.zeros((b,), dtype),
+    fire_alpha=np.zeros((b,), dtype),
     fire_positive=np.zeros((b,), np.int32),
     forces=np.zeros((b, n, 3), dtype),
     stress=np.zeros((b, 3, 3), dtype),
@@ -436,6 +437,11 @@ def move(state: RelaxState, params: DynamicsParams) -> RelaxState:
   )
 
 
+def _shrink(x: jax.Array, size: jax.Array, limit: float) -> jax.Array:
+  """``x [B, ...]`` scaled down per structure so that its ``size [B]`` is at most ``limit``."""
+  return x * jnp.minimum(1.0, limit / jnp.maximum(size, 1e-30))[:, None, None]
+
+
 def _damped_update(state: RelaxState, params: DynamicsParams):
   """Damped dynamics: ``(v [B, N, 3] Å, w [B, 3, 3])``, the capped ion and strain steps."""
   mu = params.smass
@@ -443,15 +449,13 @@ def _damped_update(state: RelaxState, params: DynamicsParams):
   a_ion = params.potim * params.ion_step_per_potim
   v = ((1 - mu / 2) * state.velocity + 2 * a_ion * state.forces) / (1 + mu / 2)
   v = jnp.where(mask, v, 0.0)
-  v_max = jnp.max(jnp.linalg.norm(v, axis=-1), axis=-1)
-  v = v * jnp.minimum(1.0, params.max_displacement / jnp.maximum(v_max, 1e-30))[:, None, None]
+  v = _shrink(v, jnp.max(jnp.linalg.norm(v, axis=-1), axis=-1), params.max_displacement)
 
   if params.relax_cell:
     a_cell = params.potim * params.cell_step_per_potim
     w = ((1 - mu / 2) * state.cell_velocity - 2 * a_cell * state.stress) / (1 + mu / 2)
     w = 0.5 * (w + jnp.swapaxes(w, -1, -2))
-    w_max = jnp.max(jnp.abs(w), axis=(-1, -2))
-    w = w * jnp.minimum(1.0, params.max_strain / jnp.maximum(w_max, 1e-30))[:, None, None]
+    w = _shrink(w, jnp.max(jnp.abs(w), axis=(-1, -2)), params.max_strain)
   else:
     w = jnp.zeros_like(state.cell_velocity)
   return v, w
@@ -477,13 +481,15 @@ def _fire_update(state: RelaxState, params: DynamicsParams):
   def dot(a_ion, a_cell, b_ion, b_cell):
     return jnp.sum(a_ion * b_ion, axis=(-1, -2)) + jnp.sum(a_cell * b_cell, axis=(-1, -2))
 
+  # ASE's first step (no velocity yet) starts from the settings and neither mixes nor resets.
+  first = state.step == 0
   v_ion, v_cell = state.velocity, state.cell_velocity
-  dt, alpha, positive = state.fire_dt, state.fire_alpha, state.fire_positive
+  dt = jnp.where(first, params.fire_dt, state.fire_dt)
+  alpha = jnp.where(first, FIRE_A_START, state.fire_alpha)
+  positive = jnp.where(first, 0, state.fire_positive)
   p = dot(f_ion, f_cell, v_ion, v_cell)
   f_norm = jnp.sqrt(jnp.maximum(dot(f_ion, f_cell, f_ion, f_cell), 1e-30))
   v_norm = jnp.sqrt(dot(v_ion, v_cell, v_ion, v_cell))
-  # ASE's first step (no velocity yet) neither mixes nor resets.
-  first = state.step == 0
   uphill = (p <= 0) & ~first
   downhill = (p > 0) & ~first
   mix = (alpha * v_norm / f_norm)[:, None, None]
@@ -503,16 +509,14 @@ def _fire_update(state: RelaxState, params: DynamicsParams):
   v_cell = v_cell + t3 * f_cell
   step_ion, step_cell = t3 * v_ion, t3 * v_cell
   norm = jnp.sqrt(dot(step_ion, step_cell, step_ion, step_cell))
-  scale = jnp.minimum(1.0, params.fire_max_step / jnp.maximum(norm, 1e-30))[:, None, None]
-  step_ion, step_cell = step_ion * scale, step_cell * scale
+  step_ion = _shrink(step_ion, norm, params.fire_max_step)
+  step_cell = _shrink(step_cell, norm, params.fire_max_step)
   # The safety caps shared with damped dynamics (scale the step, keep FIRE's velocity).
-  d_max = jnp.max(jnp.linalg.norm(step_ion, axis=-1), axis=-1)
-  step_ion = (
-    step_ion * jnp.minimum(1.0, params.max_displacement / jnp.maximum(d_max, 1e-30))[:, None, None]
+  step_ion = _shrink(
+    step_ion, jnp.max(jnp.linalg.norm(step_ion, axis=-1), axis=-1), params.max_displacement
   )
   strain = step_cell / n
-  s_max = jnp.max(jnp.abs(strain), axis=(-1, -2))
-  strain = strain * jnp.minimum(1.0, params.max_strain / jnp.maximum(s_max, 1e-30))[:, None, None]
+  strain = _shrink(strain, jnp.max(jnp.abs(strain), axis=(-1, -2)), params.max_strain)
   return v_ion, v_cell, step_ion, strain, (new_dt, new_alpha, new_positive.astype(jnp.int32))
 
 
@@ -674,7 +678,7 @@ def damped_dynamics(
   if force_field is None:
 
     def init_fn(crystals: Crystals, output: ForceFieldOutput) -> RelaxState:
-      return observe_fn(fresh_state(crystals, fire_dt=params.fire_dt), output, params)
+      return observe_fn(fresh_state(crystals), output, params)
 
     def apply_fn(state: RelaxState, force_fn: Callable) -> RelaxState:
       state = move_fn(state, params)
@@ -685,7 +689,7 @@ def damped_dynamics(
   if getattr(force_field, "jittable", False):
 
     def init_fn(crystals: Crystals) -> RelaxState:
-      return observe(fresh_state(crystals, fire_dt=params.fire_dt), force_field(crystals), params)
+      return observe(fresh_state(crystals), force_field(crystals), params)
 
     def apply_fn(state: RelaxState) -> RelaxState:
       state = move(state, params)
@@ -694,7 +698,7 @@ def damped_dynamics(
     return init_fn, apply_fn
 
   def host_init(crystals: Crystals) -> RelaxState:
-    state = fresh_state(crystals, fire_dt=params.fire_dt)
+    state = fresh_state(crystals)
     return observe_fn(state, _host_eval(force_field, state), params)
 
   def host_apply(state: RelaxState) -> RelaxState:
@@ -954,9 +958,9 @@ def _mesh_sharding(num_devices: int):
   )
 
 
-def _load_slots(state, traj, slots: Sequence[int], crystals: Crystals, *, fire_dt: float):
+def _load_slots(state, traj, slots: Sequence[int], crystals: Crystals):
   """Put new structures (numpy ``crystals``, one per slot) into numpy ``state``/``traj`` rows."""
-  new = fresh_state(crystals, fire_dt=fire_dt)
+  new = fresh_state(crystals)
   idx = np.asarray(slots)
   state = jax.tree_util.tree_map(lambda a, b: _set_rows(a, idx, b), state, new)
   traj = jax.tree_util.tree_map(lambda a: _nan_cols(a, idx), traj)
@@ -1164,7 +1168,7 @@ class _Driver:
     def empty(n):
       return _padding_crystals(n, width)
 
-    state = jax.tree_util.tree_map(np.asarray, fresh_state(empty(b), fire_dt=params.fire_dt))
+    state = jax.tree_util.tree_map(np.asarray, fresh_state(empty(b)))
     traj = empty_trajectory(self.frames, b, width)
 
     def refill(state, traj, free):
@@ -1173,7 +1177,7 @@ class _Driver:
         take.append((free.pop(0), queue.popleft()))
       if take:
         new = crystals_lib.from_structures([structures[k] for _, k in take], max_atoms=width)
-        state, traj = _load_slots(state, traj, [s for s, _ in take], new, fire_dt=params.fire_dt)
+        state, traj = _load_slots(state, traj, [s for s, _ in take], new)
         for s, k in take:
           slot_of[s] = k
       return state, traj
@@ -1200,7 +1204,7 @@ class _Driver:
           bar.update(1)
       if free:
         # Freed slots become padding (no atoms) unless refilled from the queue.
-        state, traj = _load_slots(state, traj, free, empty(len(free)), fire_dt=params.fire_dt)
+        state, traj = _load_slots(state, traj, free, empty(len(free)))
         state, traj = refill(state, traj, free)
 
 

@@ -12,6 +12,7 @@ from absl import flags
 
 from crystal_search import search
 from crystal_search.errors import InputError
+from crystal_search.relax import OPTIMIZERS
 from experiments.common import run
 
 _COMPOSITION = flags.DEFINE_string("composition", None, "Composition, e.g. Li15Si4.")
@@ -60,8 +61,8 @@ _RESCORE = flags.DEFINE_integer(
 )
 _OPTIMIZER = flags.DEFINE_enum(
   "optimizer",
-  "fire",
-  ["fire", "damped"],
+  search.get_search_config().optimizer,
+  list(OPTIMIZERS),
   "Relaxer update rule: fire (ASE's FIRE on positions and cell strain, fewer steps) or damped "
   "(the paper's VASP IBRION=3 steepest descent, SMASS=2, POTIM=0.4).",
 )
