@@ -78,6 +78,18 @@ def parse_models(text: str) -> dict[str, str | None]:
   return out
 
 
+def single_point_energies(force_field, structures) -> list[float]:
+  """eV/atom of each pymatgen structure under ``force_field`` (e.g. the CHGNet teacher), one
+  structure per call, so that no batch padding or bucket affects the numbers."""
+  import numpy as np
+
+  from crystal_search.crystals import from_structures
+
+  return [
+    float(np.asarray(force_field(from_structures([s])).energy)[0]) / len(s) for s in structures
+  ]
+
+
 def table_head(first: str, columns, *, align: str = "---") -> list[str]:
   """The two header lines of a markdown table whose first column is ``first`` and whose other
   columns are ``columns``, aligned by ``align`` (``'---:'`` for numbers)."""

@@ -38,7 +38,6 @@ def relaxed_finals(args, composition: str, force_model: dict) -> list[dict]:
   ``force_model``: :func:`force_model` of the shipped force/stress model that relaxes them.
   """
   from crystal_search import random_structures, relax
-  from crystal_search.crystals import from_structures
 
   path = os.path.join(args.work_dir, f"{composition}.json")
   # The cache holds for the same cells, relaxer settings and relaxing model only.
@@ -58,7 +57,7 @@ def relaxed_finals(args, composition: str, force_model: dict) -> list[dict]:
   t1 = time.perf_counter()
   finals = [r.final for r in results if r.converged and not r.failed]
   teacher = relax.make_force_field("chgnet")
-  teacher_e = [float(np.asarray(teacher(from_structures([s])).energy)[0]) / len(s) for s in finals]
+  teacher_e = _common.single_point_energies(teacher, finals)
   rows = [
     {"structure": s.as_dict(), "teacher_energy_per_atom": float(e)}
     for s, e in zip(finals, teacher_e, strict=True)

@@ -116,7 +116,6 @@ def compare_finals(base, other, energies: dict) -> dict:
 def main(argv=None) -> None:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   from crystal_search import relax, search
-  from crystal_search.crystals import from_structures
   from crystal_search.force_fields import model as model_ff
 
   info = _common.machine(
@@ -143,9 +142,7 @@ def main(argv=None) -> None:
       finals = [r.final for r in run["results"]]
       e = {"energy_model": np.asarray(model_ff.energies_per_atom(energy_ff, finals))}
       if teacher is not None:
-        e["teacher"] = np.array(
-          [float(np.asarray(teacher(from_structures([s])).energy)[0]) / len(s) for s in finals]
-        )
+        e["teacher"] = np.array(_common.single_point_energies(teacher, finals))
       energies[opt] = e
     rows = {opt: run["row"] for opt, run in runs.items()}
     base = rows["damped"]

@@ -75,7 +75,10 @@ field runs inside one jit-compiled ``lax.while_loop``; a host force field
 jit-compiled :func:`move` and :func:`observe` functions.  The host API is
 :func:`relax_structures`: atom-count buckets, batch size from a memory budget,
 in-flight batching (finished slots refilled between fixed-length chunks of the
-while loop: same shapes, no recompilation), overflow retry with
+while loop: same shapes, no recompilation), compaction (once the queue is empty,
+the unfinished structures move into a smaller batch, a power of two, so the tail
+of slow relaxations does not pay for a full batch of finished slots; each size
+compiles once), overflow retry with
 ``force_field.grow()``, sharding over all local devices, trajectories.
 """
 
@@ -146,6 +149,10 @@ def get_relax_config() -> ml_collections.ConfigDict:
     min_volume_ratio, max_volume_ratio: volume bounds relative to the initial volume.
     chunk_steps: steps per jit-compiled chunk between in-flight slot refills.
     in_flight: refill finished slots from the queue (False: one batch runs to the end).
+    compact: once the queue is empty and the unfinished structures fit in half of the batch
+      or less, move them into the smallest power-of-two batch (times the device count) that
+      holds them, so finished slots stop costing force evaluations (jittable force fields;
+      each new size compiles once per process, or loads from the compilation cache).
     memory_budget_mb: MB per batch used to choose the batch size.
     max_batch_size: upper bound on the batch size.
     max_retries: force-field capacity growths allowed per chunk (overflow).
@@ -173,6 +180,7 @@ def get_relax_config() -> ml_collections.ConfigDict:
   c.max_volume_ratio = 3.0
   c.chunk_steps = 25
   c.in_flight = True
+  c.compact = True
   c.memory_budget_mb = 1024
   c.max_batch_size = 256
   c.max_retries = 8
@@ -209,6 +217,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     need(_is_int(c[field]) and c[field] >= 1, field, "an integer >= 1")
   need(_is_int(c.trajectory_every) and c.trajectory_every >= 0, "trajectory_every", ">= 0")
   need(_is_int(c.max_retries) and c.max_retries >= 0, "max_retries", "an integer >= 0")
+  for field in ("in_flight", "compact"):
+    need(isinstance(c[field], bool | np.bool_), field, "True or False")
   need(_finite(c.min_distance) and c.min_distance >= 0, "min_distance", ">= 0")
   need(
     _finite(c.overlap_fraction) and 0 <= c.overlap_fraction < 1,
@@ -1037,8 +1047,9 @@ def relax_structures(
     stats: if given, filled with ``compiles`` (jit compilations in this call), ``chunks``
       (chunk runs), ``retries`` (capacity growths), ``batch_sizes`` (per bucket),
       ``structure_steps`` (force evaluations of real structures), ``slot_steps`` (batch slots
-      times loop iterations, padding and finished slots included: the work paid for) and
-      ``force_field`` (the force field after any growth).
+      times loop iterations, padding and finished slots included: the work paid for),
+      ``compactions`` (tails moved into a smaller batch) and ``force_field`` (the force field
+      after any growth).
     **overrides: e.g. ``potim=0.4, smass=2.0, fmax=0.05, smax=5.0, max_steps=300,
       trajectory_every=1``.
 
@@ -1104,6 +1115,7 @@ class _Driver:
       "batch_sizes": {},
       "structure_steps": 0,
       "slot_steps": 0,
+      "compactions": 0,
     }
 
   def _runner(self, chunk: int):
@@ -1161,7 +1173,8 @@ class _Driver:
     b = min(b, int(math.ceil(len(order) / d) * d))
     self.info["batch_sizes"][width] = b
     in_flight = cfg.in_flight and len(order) > b
-    chunk = int(cfg.chunk_steps) if in_flight else params.max_steps + 1
+    compact = bool(cfg.compact) and self.jittable and b > d
+    chunk = int(cfg.chunk_steps) if in_flight or compact else params.max_steps + 1
     queue = deque(order)
     slot_of: list[int | None] = [None] * b
 
@@ -1206,6 +1219,26 @@ class _Driver:
         # Freed slots become padding (no atoms) unless refilled from the queue.
         state, traj = _load_slots(state, traj, free, empty(len(free)))
         state, traj = refill(state, traj, free)
+      if compact and not queue:
+        live = [s for s in range(b) if slot_of[s] is not None]
+        size = compact_size(len(live), d)
+        if live and size <= b // 2:
+          spare = [s for s in range(b) if slot_of[s] is None][: size - len(live)]
+          keep = np.asarray(live + spare)
+          state = jax.tree_util.tree_map(lambda a: np.asarray(a)[keep], state)
+          traj = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, keep], traj)
+          slot_of = [slot_of[s] for s in keep]
+          b = size
+          self.info["compactions"] += 1
+
+
+def compact_size(live: int, num_devices: int = 1) -> int:
+  """The batch a compacted tail of ``live`` structures moves into: ``num_devices * 2**k >= live``.
+
+  Powers of two keep the set of compiled shapes small and shared between buckets and calls.
+  """
+  per_device = max(1, math.ceil(live / num_devices))
+  return num_devices * (1 << (per_device - 1).bit_length())
 
 
 def _padding_crystals(batch: int, width: int) -> Crystals:

@@ -457,14 +457,48 @@ def test_in_flight_batching_equals_one_big_batch_without_recompiling():
   big = relax.relax_structures(structures, ff, batch_size=8, **settings)
   stats = {}
   small = relax.relax_structures(
-    structures, ff, batch_size=3, chunk_steps=7, stats=stats, **settings
+    structures, ff, batch_size=3, chunk_steps=7, compact=False, stats=stats, **settings
   )
   assert stats["batch_sizes"] == {8: 3}
-  assert stats["chunks"] > 5 and stats["compiles"] == 1
+  assert stats["chunks"] > 5 and stats["compiles"] == 1 and stats["compactions"] == 0
   for a, b in zip(big, small):
     assert a.steps == b.steps and a.converged and b.converged
     np.testing.assert_allclose(a.final.lattice.matrix, b.final.lattice.matrix, atol=1e-5)
     np.testing.assert_allclose(a.trajectory["positions"], b.trajectory["positions"], atol=1e-5)
+
+
+def test_compact_size_is_the_smallest_power_of_two_batch_per_device():
+  assert [relax.compact_size(n) for n in (1, 2, 3, 4, 5, 31, 32, 33)] == [1, 2, 4, 4, 8, 32, 32, 64]
+  assert [relax.compact_size(n, 4) for n in (1, 4, 5, 9, 17)] == [4, 4, 8, 16, 32]
+
+
+def test_compaction_moves_the_slow_tail_into_smaller_batches_with_the_same_results():
+  # Distortions from tiny to large: steps to converge differ, so the batch empties unevenly.
+  distortions = [(0.001, 0.0), (0.01, 0.005), (0.05, 0.01), (0.1, 0.02)]
+  distortions += [(0.15, 0.04), (0.2, 0.06), (0.25, 0.08), (0.3, 0.1)]
+  structures = [
+    _perturbed_fcc(60 + k, displacement=d, strain=e) for k, (d, e) in enumerate(distortions)
+  ]
+  ff = analytic.lennard_jones(sigma=SIGMA, epsilon=EPS, images=3)  # fresh: not in the jit cache
+  settings = dict(TIGHT, potim=0.1, trajectory_every=2, chunk_steps=5)
+  whole, compacted = {}, {}
+  ref = relax.relax_structures(structures, ff, compact=False, stats=whole, **settings)
+  out = relax.relax_structures(structures, ff, stats=compacted, **settings)
+  steps = sorted(r.steps for r in ref)
+  assert steps[0] + 50 < steps[-1], steps  # the premise: an uneven batch
+  assert whole["compactions"] == 0 and whole["batch_sizes"] == {8: 8}
+  assert compacted["compactions"] >= 2  # 8 -> 4 -> 2 or 1 at least
+  # One compile per batch size used (8 and the smaller powers of two).
+  assert compacted["compiles"] == 1 + compacted["compactions"]
+  assert compacted["structure_steps"] == whole["structure_steps"]
+  # Compaction removes at least half of the work spent on finished slots.
+  padding = whole["slot_steps"] - whole["structure_steps"]
+  assert compacted["slot_steps"] - compacted["structure_steps"] < 0.5 * padding
+  for a, b in zip(ref, out):
+    assert a.steps == b.steps and a.converged and b.converged
+    np.testing.assert_allclose(a.final.lattice.matrix, b.final.lattice.matrix, atol=1e-5)
+    np.testing.assert_allclose(a.trajectory["positions"], b.trajectory["positions"], atol=1e-5)
+    np.testing.assert_allclose(a.trajectory["forces"], b.trajectory["forces"], atol=1e-4)
 
 
 def test_overflow_grows_the_force_field_and_reruns():
