@@ -2,8 +2,8 @@
 
 A bucket's batch runs until its slowest structure stops; without compaction every finished slot
 goes on costing a force evaluation per step.  With ``compact=True`` (the default) the unfinished
-structures move into a smaller power-of-two batch once they fit in half of it, at the price of one
-compilation per new batch size.  This relaxes the same random cells (the search's draw for each
+structures move into the smallest power-of-two batch that holds them (once the queue is empty),
+at the price of one compilation per new batch size.  This relaxes the same random cells (the search's draw for each
 composition of ``--compositions``, ``--num`` each, seed ``--seed``) with the shipped model and the
 search's settings, once per setting, each in a fresh process with JAX's persistent compilation
 cache off, and records per setting:

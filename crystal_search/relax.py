@@ -76,10 +76,10 @@ jit-compiled :func:`move` and :func:`observe` functions.  The host API is
 :func:`relax_structures`: atom-count buckets, batch size from a memory budget,
 in-flight batching (finished slots refilled between fixed-length chunks of the
 while loop: same shapes, no recompilation), compaction (once the queue is empty,
-the unfinished structures move into a smaller batch, a power of two, so the tail
-of slow relaxations does not pay for a full batch of finished slots; each size
-compiles once), overflow retry with
-``force_field.grow()``, sharding over all local devices, trajectories.
+the unfinished structures move into the smallest power-of-two batch that holds
+them, so the tail of slow relaxations does not pay for a full batch of finished
+slots; each size compiles once), overflow retry with ``force_field.grow()``,
+sharding over all local devices, trajectories.
 """
 
 from __future__ import annotations
@@ -149,10 +149,10 @@ def get_relax_config() -> ml_collections.ConfigDict:
     min_volume_ratio, max_volume_ratio: volume bounds relative to the initial volume.
     chunk_steps: steps per jit-compiled chunk between in-flight slot refills.
     in_flight: refill finished slots from the queue (False: one batch runs to the end).
-    compact: once the queue is empty and the unfinished structures fit in half of the batch
-      or less, move them into the smallest power-of-two batch (times the device count) that
-      holds them, so finished slots stop costing force evaluations (jittable force fields;
-      each new size compiles once per process, or loads from the compilation cache).
+    compact: once the queue is empty and the unfinished structures fit in a smaller
+      power-of-two batch (times the device count), move them into the smallest that holds
+      them, so finished slots stop costing force evaluations (jittable force fields; each
+      new size compiles once per process, or loads from the compilation cache).
     memory_budget_mb: MB per batch used to choose the batch size.
     max_batch_size: upper bound on the batch size.
     max_retries: force-field capacity growths allowed per chunk (overflow).
@@ -977,6 +977,14 @@ def _load_slots(state, traj, slots: Sequence[int], crystals: Crystals):
   return state, traj
 
 
+def _take_slots(state, traj, slots: Sequence[int]):
+  """Numpy ``state``/``traj`` of only the batch rows ``slots``, in that order."""
+  idx = np.asarray(slots)
+  state = jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], state)
+  traj = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, idx], traj)
+  return state, traj
+
+
 def _set_rows(a, idx, b):
   a = np.array(a)
   a[idx] = b
@@ -1222,11 +1230,10 @@ class _Driver:
       if compact and not queue:
         live = [s for s in range(b) if slot_of[s] is not None]
         size = compact_size(len(live), d)
-        if live and size <= b // 2:
+        if live and size < b:
           spare = [s for s in range(b) if slot_of[s] is None][: size - len(live)]
-          keep = np.asarray(live + spare)
-          state = jax.tree_util.tree_map(lambda a: np.asarray(a)[keep], state)
-          traj = jax.tree_util.tree_map(lambda a: np.asarray(a)[:, keep], traj)
+          keep = live + spare
+          state, traj = _take_slots(state, traj, keep)
           slot_of = [slot_of[s] for s in keep]
           b = size
           self.info["compactions"] += 1
