@@ -39,6 +39,12 @@ MIN_FREE_DISK_MB = 50
 _RUN_MARKERS = ("summary.json", "summary.md", "structures")
 
 
+#: Counters of :func:`crystal_search.relax.relax_structures` summed into a report's
+#: ``totals["relax_work"]``: force evaluations of real structures, batch slots times steps (the
+#: work paid for, padding included), jit compilations and batch compactions.
+RELAX_WORK = ("structure_steps", "slot_steps", "compiles", "compactions")
+
+
 def get_search_config() -> ml_collections.ConfigDict:
   """Default search settings (every value can be overridden from the command line)."""
   c = ml_collections.ConfigDict()
@@ -195,18 +201,23 @@ def run_search(
     max_steps=int(config.max_steps),
   )
   trajectory_every = 1 if config.write_trajectories else 0
+  work = dict.fromkeys(RELAX_WORK, 0)
   try:
     for start in range(0, len(structures), int(config.chunk_size)):
       chunk = structures[start : start + int(config.chunk_size)]
+      stats: dict = {}
       results.extend(
         relax.relax_structures(
           chunk,
           force_field,
           trajectory_every=trajectory_every,
           progress=progress,
+          stats=stats,
           **relax_kwargs,
         )
       )
+      for key in RELAX_WORK:
+        work[key] += int(stats[key])
   except KeyboardInterrupt:
     interrupted = True
   wall["relax"] = time.perf_counter() - t0
@@ -286,6 +297,7 @@ def run_search(
     "unique": len(groups),
     "interrupted": interrupted,
     "wall_time_s": dict(wall, total=sum(wall.values())),
+    "relax_work": work,
     "force_field": getattr(force_field, "name", type(force_field).__name__),
     "composition": config.composition,
     "seed": int(config.seed),
@@ -295,6 +307,18 @@ def run_search(
   result = SearchResult(rows=rows, totals=totals, candidates=candidates, groups=groups)
   write_report(result, output_dir)
   return result
+
+
+def _work_line(work: dict | None) -> str:
+  """The report's line on relaxation work (``totals["relax_work"]``)."""
+  if not work:
+    return "Relaxation work: not recorded."
+  useful = work["structure_steps"] / max(work["slot_steps"], 1)
+  return (
+    f"Relaxation work: {work['structure_steps']} force evaluations of structures in "
+    f"{work['slot_steps']} batch slot-steps ({100 * useful:.0f} % useful), "
+    f"{work['compiles']} compilations, {work['compactions']} batch compactions."
+  )
 
 
 def write_report(result: SearchResult, output_dir: str) -> None:
@@ -318,6 +342,8 @@ def write_report(result: SearchResult, output_dir: str) -> None:
     f"failed {t['failed']} ({reasons}); {t['unique']} unique structures.",
     "",
     "Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t["wall_time_s"].items()),
+    "",
+    _work_line(t.get("relax_work")),
     "",
     "| rank | formula | E (eV/atom) | ΔE (eV/atom) | V (Å³/atom) | space group | count | known phase |",
     "|---:|---|---:|---:|---:|---|---:|---|",

@@ -57,6 +57,14 @@ def test_search_writes_a_consistent_report(tmp_path, morse_ff):
   md = open(os.path.join(out, "summary.md")).read()
   assert "| rank |" in md and "LiSi" in md
   assert set(totals["wall_time_s"]) >= {"generate", "relax", "dedupe", "report", "total"}
+  # Relaxation work, summed over the two relaxation calls (chunk_size 4 of 6 structures).
+  work = totals["relax_work"]
+  evaluations = sum(c.steps + 1 for c in result.candidates)  # failed ones are not candidates
+  assert work["structure_steps"] >= evaluations > 0
+  if totals["failed"] == 0:
+    assert work["structure_steps"] == evaluations
+  assert work["slot_steps"] >= work["structure_steps"] and work["compiles"] >= 1
+  assert f"{work['structure_steps']} force evaluations" in md
 
 
 def test_same_seed_same_result(tmp_path, morse_ff):
