@@ -78,6 +78,20 @@ def parse_models(text: str) -> dict[str, str | None]:
   return out
 
 
+def search_cells(compositions: str, num: int, *, seed: int) -> list:
+  """``num`` random cells of each composition of the comma list ``compositions``, drawn as the
+  search draws them by default (its generator settings), with ``seed``."""
+  from crystal_search import compositions as compositions_lib
+  from crystal_search import random_structures, search
+
+  generator = search.generator_config(search.get_search_config())
+  cells = []
+  for name in [c.strip() for c in compositions.split(",") if c.strip()]:
+    comp = compositions_lib.parse_composition(name, allowed_elements=("Li", "Si"))
+    cells += random_structures.generate(comp, num, seed=seed, config=generator)
+  return cells
+
+
 def single_point_energies(force_field, structures) -> list[float]:
   """eV/atom of each pymatgen structure under ``force_field`` (e.g. the CHGNet teacher), one
   structure per call, so that no batch padding or bucket affects the numbers."""

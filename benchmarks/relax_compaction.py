@@ -53,22 +53,11 @@ def parse_args(argv):
   return args
 
 
-def make_cells(args) -> list:
-  from crystal_search import compositions, random_structures, search
-
-  generator = search.generator_config(search.get_search_config())
-  cells = []
-  for name in [c.strip() for c in args.compositions.split(",") if c.strip()]:
-    comp = compositions.parse_composition(name, allowed_elements=("Li", "Si"))
-    cells += random_structures.generate(comp, args.num, seed=args.seed, config=generator)
-  return cells
-
-
 def child(args) -> None:
   """One setting in this process: a first (compiling) and a second (warm) run; arrays to npz."""
   from crystal_search import relax, search
 
-  cells = make_cells(args)
+  cells = _common.search_cells(args.compositions, args.num, seed=args.seed)
   force_field = relax.make_force_field("model", model=args.model)
   settings = dict(
     optimizer=args.optimizer,

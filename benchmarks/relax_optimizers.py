@@ -49,17 +49,6 @@ def parse_args(argv):
   return args
 
 
-def make_cells(args) -> list:
-  from crystal_search import compositions, random_structures, search
-
-  generator = search.generator_config(search.get_search_config())
-  cells = []
-  for name in [c.strip() for c in args.compositions.split(",") if c.strip()]:
-    comp = compositions.parse_composition(name, allowed_elements=("Li", "Si"))
-    cells += random_structures.generate(comp, args.num, seed=args.seed, config=generator)
-  return cells
-
-
 def run_optimizer(cells, force_field, optimizer: str, args) -> dict:
   """Relax ``cells`` twice (the first compiles); the second is timed."""
   from crystal_search import relax
@@ -121,7 +110,7 @@ def main(argv=None) -> None:
   info = _common.machine(
     omp_num_threads=os.environ.get("OMP_NUM_THREADS"), affinity=sorted(os.sched_getaffinity(0))
   )
-  cells = make_cells(args)
+  cells = _common.search_cells(args.compositions, args.num, seed=args.seed)
   energy_ff = model_ff.from_directory(os.path.join(search.PRETRAINED_DIR, "energy"))
   teacher = relax.make_force_field("chgnet") if args.teacher else None
   report = {
