@@ -155,7 +155,8 @@ def markdown(report: dict) -> list[str]:
     f"{report['atoms_mean']:.1f} atoms), model `{s['model']}`, {s['optimizer']}, the search's "
     f"thresholds, at most {s['max_steps']} steps. Each setting ran in a fresh process with the "
     "persistent compilation cache off: the first run compiles, the second is warm. Ratios are "
-    "to the whole-batch setting in the same run. Raw numbers: `relax_compaction.json`.",
+    "to the whole-batch setting in the same run. Raw numbers: "
+    f"`{os.path.basename(s['out'])}`.",
     "",
     *_common.table_head(
       "setting",
