@@ -3,10 +3,10 @@
 A bucket's batch runs until its slowest structure stops; without compaction every finished slot
 goes on costing a force evaluation per step.  With ``compact=True`` (the default) the unfinished
 structures move into the smallest power-of-two batch that holds them (once the queue is empty),
-at the price of one compilation per new batch size.  This relaxes the same random cells (the search's draw for each
-composition of ``--compositions``, ``--num`` each, seed ``--seed``) with the shipped model and the
-search's settings, once per setting, each in a fresh process with JAX's persistent compilation
-cache off, and records per setting:
+at the price of one compilation per new batch size.  This relaxes the same random cells (the
+search's draw for each composition of ``--compositions``, ``--num`` each, seed ``--seed``) with
+the shipped model and the search's settings, once per setting, each in a fresh process with
+JAX's persistent compilation cache off, and records per setting:
 
 * the wall time of the first run in the process (compiles included: a user's first search) and
   of a second, warm run of the same cells;
@@ -59,10 +59,11 @@ def child(args) -> None:
 
   cells = _common.search_cells(args.compositions, args.num, seed=args.seed)
   force_field = relax.make_force_field("model", model=args.model)
+  defaults = search.get_search_config()
   settings = dict(
     optimizer=args.optimizer,
-    fmax=search.get_search_config().fmax,
-    smax=search.get_search_config().smax,
+    fmax=defaults.fmax,
+    smax=defaults.smax,
     max_steps=args.max_steps,
     compact=args.child == "on",
   )

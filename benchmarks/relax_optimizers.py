@@ -62,13 +62,13 @@ def run_optimizer(cells, force_field, optimizer: str, args) -> dict:
 
   settings = dict(optimizer=optimizer, fmax=args.fmax, smax=args.smax, max_steps=args.max_steps)
   jittable = bool(getattr(force_field, "jittable", False))
-  if not jittable:
-    settings["trajectory_every"] = 1
   cold = None
   if jittable:
     t0 = time.perf_counter()
     relax.relax_structures(cells, force_field, **settings)
     cold = time.perf_counter() - t0
+  else:
+    settings["trajectory_every"] = 1
   stats: dict = {}
   t0 = time.perf_counter()
   results = relax.relax_structures(cells, force_field, stats=stats, **settings)

@@ -1069,8 +1069,6 @@ def relax_structures(
   """
   cfg = make_config(config, **overrides)
   structures = list(structures)
-  if not structures:
-    return []
   elements = getattr(force_field, "elements", None)
   for k, s in enumerate(structures):
     if len(s) == 0:

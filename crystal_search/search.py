@@ -309,10 +309,8 @@ def run_search(
   return result
 
 
-def _work_line(work: dict | None) -> str:
+def _work_line(work: dict) -> str:
   """The report's line on relaxation work (``totals["relax_work"]``)."""
-  if not work:
-    return "Relaxation work: not recorded."
   useful = work["structure_steps"] / max(work["slot_steps"], 1)
   return (
     f"Relaxation work: {work['structure_steps']} force evaluations of structures in "
@@ -343,7 +341,7 @@ def write_report(result: SearchResult, output_dir: str) -> None:
     "",
     "Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t["wall_time_s"].items()),
     "",
-    _work_line(t.get("relax_work")),
+    _work_line(t["relax_work"]),
     "",
     "| rank | formula | E (eV/atom) | ΔE (eV/atom) | V (Å³/atom) | space group | count | known phase |",
     "|---:|---|---:|---:|---:|---|---:|---|",

@@ -467,6 +467,12 @@ def test_in_flight_batching_equals_one_big_batch_without_recompiling():
     np.testing.assert_allclose(a.trajectory["positions"], b.trajectory["positions"], atol=1e-5)
 
 
+def test_no_structures_give_no_results_and_zero_counters():
+  stats = {}
+  assert relax.relax_structures([], LJ, stats=stats) == []
+  assert stats["structure_steps"] == stats["slot_steps"] == stats["compiles"] == 0
+
+
 def test_compact_size_is_the_smallest_power_of_two_batch_per_device():
   assert [relax.compact_size(n) for n in (1, 2, 3, 4, 5, 31, 32, 33)] == [1, 2, 4, 4, 8, 32, 32, 64]
   assert [relax.compact_size(n, 4) for n in (1, 4, 5, 9, 17)] == [4, 4, 8, 16, 32]
