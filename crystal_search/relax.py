@@ -217,8 +217,6 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     need(_is_int(c[field]) and c[field] >= 1, field, "an integer >= 1")
   need(_is_int(c.trajectory_every) and c.trajectory_every >= 0, "trajectory_every", ">= 0")
   need(_is_int(c.max_retries) and c.max_retries >= 0, "max_retries", "an integer >= 0")
-  for field in ("in_flight", "compact"):
-    need(isinstance(c[field], bool | np.bool_), field, "True or False")
   need(_finite(c.min_distance) and c.min_distance >= 0, "min_distance", ">= 0")
   need(
     _finite(c.overlap_fraction) and 0 <= c.overlap_fraction < 1,
