@@ -10,6 +10,8 @@ epoch or evaluation in flight.  ``--set`` overrides apply to every training conf
 ``--set=num_epochs=15`` for a shorter sweep; the override is recorded in each ``run.json``).
 When every job is done (or ``--tables_only``), :mod:`experiments.make_tables` writes
 ``summary.json`` and ``tables.md`` into ``--output_dir`` from all evaluations found.
+``--shard=I/N`` runs every N-th job from the I-th, so two processes pinned to one core each
+(``OMP_NUM_THREADS=1 taskset -c I ... --shard=I/2``) share the list of a 2-core machine.
 
 Rows (names as in :mod:`experiments.make_tables`):
 
@@ -151,6 +153,12 @@ _MAX_TRAJ = flags.DEFINE_integer("max_trajectories", 10, "Test trajectories simu
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where the tables go.")
 _TABLES_ONLY = flags.DEFINE_boolean("tables_only", False, "Only rebuild the tables.")
 _DRY_RUN = flags.DEFINE_boolean("dry_run", False, "Print the commands instead of running them.")
+_SHARD = flags.DEFINE_string(
+  "shard",
+  "0/1",
+  "I/N: run only jobs I, I+N, I+2N, ... of the list, so N processes (one core each) share it; "
+  "the tables are written from every evaluation found, whichever shard wrote it.",
+)
 _ARCHIVE = flags.DEFINE_string(
   "archive_dir", "experiments/results/evals", "Copy of every evaluation ('' for none)."
 )
@@ -394,6 +402,16 @@ def _displaced_frames(output: str, flags_: dict) -> tuple[str, ...]:
   )
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+  """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; anything else is an :class:`InputError`."""
+  parts = text.split("/")
+  if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+    index, count = int(parts[0]), int(parts[1])
+    if 0 <= index < count:
+      return index, count
+  raise InputError(f"--shard={text!r}: expected I/N with 0 <= I < N, e.g. 0/2")
+
+
 def _run(cmd: list[str]) -> None:
   print("+", " ".join(cmd), flush=True)
   if _DRY_RUN.value:
@@ -444,14 +462,15 @@ def main(argv: list[str]) -> None:
     overrides.append(f"--config.{item}")
   notes = (read_notes(_NOTES_FILE.value) if _NOTES_FILE.value else []) + list(_NOTES.value)
   todo = jobs(_ROWS.value, _SCALE.value, set(_SEEDS.value))
+  shard, num_shards = parse_shard(_SHARD.value)
   python = sys.executable
   runs, names = [], []
-  for job in todo:
+  for index, job in enumerate(todo):
     workdir = os.path.join(_RUNS_DIR.value, job.workdir)
     for subdir, row in [(ev.subdir, ev.row) for ev in job.evaluations] + list(job.aliases):
       runs.append(os.path.join(workdir, subdir))
       names.append(row)
-    if _TABLES_ONLY.value:
+    if _TABLES_ONLY.value or index % num_shards != shard:
       continue
     for step in job.prepare:
       if not os.path.exists(step[0]):

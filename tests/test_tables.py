@@ -115,6 +115,25 @@ def test_reproduce_dry_run_prints_resumable_commands(tmp_path):
   assert "noise_sweep.py:0.03,1,cpu" in done.stdout
 
 
+def test_reproduce_shards_split_the_jobs_without_overlap(tmp_path):
+  def trained(shard):
+    cmd = [sys.executable, "-m", "experiments.reproduce", "--rows=noise_sweep", "--seeds=0,1"]
+    cmd += [f"--runs_dir={tmp_path}", "--dry_run", f"--shard={shard}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return [
+      line.split("--workdir=")[1].split()[0]
+      for line in done.stdout.splitlines()
+      if "experiments.train" in line
+    ]
+
+  first, second, whole = trained("0/2"), trained("1/2"), trained("0/1")
+  assert len(whole) == 8 and len(first) == len(second) == 4
+  assert sorted(first + second) == sorted(whole)
+  for bad in ("2/2", "1", "a/b", "-1/2"):
+    with pytest.raises(Exception, match="--shard"):
+      reproduce.parse_shard(bad)
+
+
 def test_identical_configs_share_one_run_and_one_evaluation():
   cpu = reproduce.jobs(["noise_sweep", "stress_heads"], "cpu", {"0"})
   shared = [job for job in cpu if job.aliases]
