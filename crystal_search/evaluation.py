@@ -172,6 +172,14 @@ def matched_by_step(per_step: Sequence[np.ndarray]) -> list[float]:
   return out
 
 
+def mean_matched_by_step(curves: Sequence[Sequence[float]]) -> list[float]:
+  """Element-wise mean of :func:`matched_by_step` curves (e.g. one per seed), up to the shortest."""
+  if not curves:
+    return []
+  length = min(len(c) for c in curves)
+  return [float(np.mean([c[k] for c in curves])) for k in range(length)]
+
+
 def experimental_recovery(
   force_field,
   trajectories: Frames,

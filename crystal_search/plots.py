@@ -3,6 +3,7 @@
 * :func:`parity`: predicted against teacher force components (eV/Å) and stress components (kBar);
 * :func:`matched_by_step`: fraction of test trajectories whose model structure matches the
   teacher's at each ionic step;
+* :func:`matched_by_step_rows`: the same for every row of a results table, test and held out;
 * :func:`noise_sweep`: force/stress MAE and match rates against the noise std (Å) of the sweep.
 
 The search's energy–volume plot lives with the search (:func:`crystal_search.search.plot_energy_volume`)
@@ -72,6 +73,41 @@ def matched_by_step(curves: Mapping[str, Sequence[float]], path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def matched_by_step_rows(panels: Mapping[str, Mapping[str, Sequence[float]]], path: str) -> bool:
+  """Fraction of trajectories matched against ionic step for several models: one panel per split
+  (``{"test": {row: fractions}, "held out": {...}}``), one line per row, legend beside the panels.
+
+  Returns False (and writes nothing) when no panel has a curve.
+  """
+  panels = {title: curves for title, curves in panels.items() if curves}
+  if not panels:
+    return False
+  plt = _pyplot()
+  names = list(dict.fromkeys(name for curves in panels.values() for name in curves))
+  cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+  color = {name: cmap(k % cmap.N) for k, name in enumerate(names)}
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 3.5, 4), squeeze=False)
+  for ax, (title, curves) in zip(axes[0], panels.items(), strict=True):
+    for name, fractions in curves.items():
+      style = "--" if name == "MEAM" else "-"
+      ax.plot(np.arange(len(fractions)), fractions, style, color=color[name], lw=1.2, label=name)
+    ax.set_title(title)
+    ax.set_xlabel("ionic step")
+    ax.set_ylabel("fraction of trajectories matched")
+    ax.set_ylim(-0.02, 1.02)
+  handles, labels = [], []
+  for ax in axes[0]:
+    for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+      if label not in labels:
+        handles.append(handle)
+        labels.append(label)
+  fig.legend(handles, labels, loc="center right", fontsize="small", frameon=False)
+  fig.tight_layout(rect=(0, 0, 1 - 3.5 / (5 * len(panels) + 3.5), 1))
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
 
 
 def noise_sweep(rows: Mapping[str, Mapping], path: str) -> bool:

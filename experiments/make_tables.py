@@ -139,6 +139,19 @@ def summarize(runs: list[tuple[str, dict]]) -> dict:
   return out
 
 
+def step_curves(runs: list[tuple[str, dict]], split: str) -> dict[str, list[float]]:
+  """``{row: fractions}``: each row's fraction of ``split`` trajectories matched at each ionic
+  step (``matched_by_step`` of its evaluations), averaged over its seeds up to the shortest."""
+  grouped: dict[str, list[list[float]]] = defaultdict(list)
+  for name, report in runs:
+    curve = report.get(split, {}).get("matched_by_step")
+    if curve:
+      grouped[name].append(curve)
+  from crystal_search.evaluation import mean_matched_by_step
+
+  return {name: mean_matched_by_step(curves) for name, curves in grouped.items()}
+
+
 def _fmt(entry: dict | None) -> str:
   if not entry or entry.get("n", 0) == 0 or entry["mean"] != entry["mean"]:
     return "–"
@@ -254,6 +267,8 @@ def main(argv: list[str]) -> None:
   from crystal_search import plots
 
   plots.noise_sweep(summary, os.path.join(_OUT.value, "noise_sweep.png"))
+  panels = {"test": step_curves(runs, "test"), "held out (Li15Si4)": step_curves(runs, "holdout")}
+  plots.matched_by_step_rows(panels, os.path.join(_OUT.value, "matched_by_step.png"))
   print(text)
 
 

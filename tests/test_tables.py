@@ -52,6 +52,36 @@ def test_seeds_become_mean_and_std_and_rows_land_in_the_paper_tables(tmp_path):
   assert "| GNN stress=plane (edge forces) | 0.06 | 3.3 | 0.1 | 0.3 | 0.03 / 1.05" in table5
 
 
+def test_step_curves_average_seeds_up_to_the_shortest_and_are_plotted(tmp_path):
+  from crystal_search import plots
+  from crystal_search.evaluation import mean_matched_by_step
+
+  assert mean_matched_by_step([[1.0, 0.5, 0.25], [1.0, 0.75]]) == [1.0, 0.625]
+  assert mean_matched_by_step([]) == []
+
+  def report(test_curve, holdout_curve=None):
+    r = _report(0.05, 2.0, 0.4, 0.6)
+    r["test"]["matched_by_step"] = test_curve
+    if holdout_curve is not None:
+      r["holdout"]["matched_by_step"] = holdout_curve
+    return r
+
+  runs = [
+    ("GNN noise=0", report([1.0, 0.5, 0.25], [1.0, 1.0])),
+    ("GNN noise=0", report([1.0, 0.75])),
+    ("MEAM", report([1.0, 0.0, 0.0, 0.0])),
+    ("energy GNN", _report(0.3, 20.0, 0.0, 0.1)),  # no trajectories: no curve
+  ]
+  paths = [_write(tmp_path, f"r{k}", r) for k, (_, r) in enumerate(runs)]
+  out = tmp_path / "results"
+  cmd = [sys.executable, "-m", "experiments.make_tables", f"--output_dir={out}"]
+  cmd += ["--runs=" + ",".join(paths), "--row_names=" + ",".join(n for n, _ in runs)]
+  subprocess.run(cmd, check=True, capture_output=True)
+  assert (out / "matched_by_step.png").stat().st_size > 0
+  assert not plots.matched_by_step_rows({"test": {}}, str(tmp_path / "none.png"))
+  assert not (tmp_path / "none.png").exists()
+
+
 def test_missing_eval_is_one_line(tmp_path):
   cmd = [sys.executable, "-m", "experiments.make_tables", f"--runs={tmp_path}/nothing"]
   done = subprocess.run(cmd, capture_output=True, text=True)
