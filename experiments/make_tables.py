@@ -8,7 +8,8 @@ models, ``run.json`` (config). Rows are keyed by a row name: ``--row_names`` giv
 it is derived from the config (``GNN noise=0.01``, ``energy GNN``, ``GNN (MD data)``,
 ``GNN stress=global``...); runs that share a row name are seeds of one row and are summarised as
 mean and standard deviation. Writes ``summary.json`` and ``tables.md`` with the paper's numbers
-side by side.
+side by side, and checks the issue's goals on our data (:func:`goals`: the shipped row's bounds,
+every GNN row ahead of MEAM, the held-out experimental structure) in both.
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ PAPER = {
   },
 }
 METRICS = ("force_mae", "stress_mae", "relaxed_match", "trajectory_match")
+#: The issue's goals on our data for the shipped model's row: (metric, bound, lower is better).
+SHIPPED_ROW = "GNN (shipped)"
+GOALS = (
+  ("force_mae", 0.03, True),
+  ("stress_mae", 1.0, True),
+  ("relaxed_match", 0.5, False),
+  ("trajectory_match", 0.7, False),
+)
+_UNITS = {"force_mae": " eV/Å", "stress_mae": " kBar"}
 
 
 def row_name(run_dir: str, report: dict) -> str:
@@ -152,6 +162,95 @@ def step_curves(runs: list[tuple[str, dict]], split: str) -> dict[str, list[floa
   return {name: mean_matched_by_step(curves) for name, curves in grouped.items()}
 
 
+def _mean(entry: dict | None) -> float | None:
+  if not entry or entry.get("n", 0) == 0 or entry["mean"] != entry["mean"]:
+    return None
+  return float(entry["mean"])
+
+
+def goals(summary: dict) -> dict:
+  """The issue's goals checked on ``summary`` (rows present only).
+
+  ``shipped``: ``[{metric, bound, value, met}]`` for :data:`SHIPPED_ROW` on the test set;
+  ``behind_meam``: ``[{row, split, metric, value, meam}]`` for every GNN row and metric (force
+  and stress MAE on the test set, relaxed and trajectory match on the test and held-out sets)
+  where the row's mean is not strictly better than MEAM's; ``compared``: how many (row, metric)
+  pairs were compared; ``experimental``: the shipped row's held-out ``found`` / ``in_teacher``.
+  """
+  out: dict = {}
+  shipped = summary.get(SHIPPED_ROW)
+  if shipped:
+    out["shipped"] = []
+    for metric, bound, lower in GOALS:
+      value = _mean(shipped.get(metric))
+      met = None if value is None else (value <= bound if lower else value >= bound)
+      out["shipped"].append({"metric": metric, "bound": bound, "value": value, "met": met})
+    hold = shipped.get("holdout", {})
+    out["experimental"] = {
+      "found": _mean(hold.get("experimental_found")),
+      "in_teacher": _mean(hold.get("experimental_in_teacher")),
+    }
+  meam = summary.get("MEAM")
+  if meam:
+    behind, compared = [], 0
+    checks = [("test", m) for m in METRICS] + [
+      ("holdout", m) for m in ("relaxed_match", "trajectory_match")
+    ]
+    for name, row in summary.items():
+      if name == "MEAM" or "GNN" not in name or name.endswith(" on MD"):
+        continue  # a row tested on MD frames is not comparable with MEAM's
+      for split, metric in checks:
+        ours = _mean(row.get(metric) if split == "test" else row.get("holdout", {}).get(metric))
+        ref = _mean(meam.get(metric) if split == "test" else meam.get("holdout", {}).get(metric))
+        if ours is None or ref is None:
+          continue
+        compared += 1
+        if not (ours < ref if metric.endswith("_mae") else ours > ref):
+          behind.append({"row": name, "split": split, "metric": metric, "value": ours, "meam": ref})
+    out["behind_meam"] = behind
+    out["compared"] = compared
+  return out
+
+
+def goals_markdown(checked: dict) -> list[str]:
+  """The ``## Goals`` section of ``tables.md`` from :func:`goals` (empty when nothing applies)."""
+  if not checked:
+    return []
+  lines = ["", "## The issue's goals on our data", "", "| goal | measured | met |", "|---|---|---|"]
+  for goal in checked.get("shipped", []):
+    sign = "≤" if goal["metric"].endswith("_mae") else "≥"
+    unit = _UNITS.get(goal["metric"], "")
+    value = "–" if goal["value"] is None else f"{goal['value']:.3g}"
+    met = "–" if goal["met"] is None else ("yes" if goal["met"] else "**no**")
+    name = goal["metric"].replace("_mae", " MAE").replace("_", " ")
+    lines.append(f"| {SHIPPED_ROW}: {name} {sign} {goal['bound']:g}{unit} | {value} | {met} |")
+  if "behind_meam" in checked:
+    behind = checked["behind_meam"]
+    listed = "; ".join(
+      f"{b['row']}: {b['split']} {b['metric'].replace('_mae', ' MAE').replace('_', ' ')} {b['value']:.3g} vs {b['meam']:.3g}"
+      for b in behind
+    )
+    measured = f"{len(behind)} of {checked['compared']} row-metric pairs not ahead"
+    measured += f": {listed}" if behind else ""
+    met = "yes" if not behind else "**no**"
+    lines.append(f"| every GNN row ahead of MEAM | {measured} | {met} |")
+  if "experimental" in checked:
+    found, teacher = checked["experimental"]["found"], checked["experimental"]["in_teacher"]
+    if teacher:
+      met = "yes" if found and found > 0 else "**no**"
+      measured = f"{found:g} of {teacher:g} teacher trajectories that end in it"
+    else:
+      met = "not testable here"
+      measured = (
+        "no held-out teacher trajectory ends in it (a dedicated search that reaches it: "
+        "benchmarks/results/li15si4_discovery.md)"
+      )
+    lines.append(
+      f"| {SHIPPED_ROW}: held-out Li15Si4 experimental structure reproduced | {measured} | {met} |"
+    )
+  return lines
+
+
 def _fmt(entry: dict | None) -> str:
   if not entry or entry.get("n", 0) == 0 or entry["mean"] != entry["mean"]:
     return "–"
@@ -226,6 +325,7 @@ def tables_markdown(summary: dict, *, machine: str = "", notes=()) -> str:
   if heads:
     lines += ["", "## Table 5: stress heads", ""]
     lines += _table(summary, heads + meam, four, "table5")
+  lines += goals_markdown(goals(summary))
   lines += ["", "## Wall time (all seeds of a row together)", ""]
   lines += ["| row | seeds | training (min) | evaluation (min) |", "|---|---:|---:|---:|"]
   for name in names:
@@ -259,7 +359,13 @@ def main(argv: list[str]) -> None:
   os.makedirs(_OUT.value, exist_ok=True)
   machine = machines([report for _, report in runs])
   with open(os.path.join(_OUT.value, "summary.json"), "w") as f:
-    record = {"rows": summary, "machine": machine, "notes": _NOTES.value, "paper": PAPER}
+    record = {
+      "rows": summary,
+      "goals": goals(summary),
+      "machine": machine,
+      "notes": _NOTES.value,
+      "paper": PAPER,
+    }
     json.dump(record, f, indent=2)
   text = tables_markdown(summary, machine=machine, notes=_NOTES.value)
   with open(os.path.join(_OUT.value, "tables.md"), "w") as f:

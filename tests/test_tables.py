@@ -82,6 +82,32 @@ def test_step_curves_average_seeds_up_to_the_shortest_and_are_plotted(tmp_path):
   assert not (tmp_path / "none.png").exists()
 
 
+def test_goals_check_the_shipped_row_and_every_gnn_row_against_meam(tmp_path):
+  runs = [
+    ("GNN (shipped)", _report(0.029, 0.9, 0.5, 0.72)),
+    ("GNN noise=0", _report(0.05, 2.0, 0.1, 0.5)),  # relaxed match level with MEAM: not ahead
+    ("GNN (MD data) on MD", _report(0.9, 30.0, 0.0, 0.0)),  # other test frames: not compared
+    ("MEAM", _report(0.5, 10.0, 0.1, 0.3)),
+  ]
+  paths = [_write(tmp_path, f"r{k}", r) for k, (_, r) in enumerate(runs)]
+  out = tmp_path / "results"
+  cmd = [sys.executable, "-m", "experiments.make_tables", f"--output_dir={out}"]
+  cmd += ["--runs=" + ",".join(paths), "--row_names=" + ",".join(n for n, _ in runs)]
+  subprocess.run(cmd, check=True, capture_output=True)
+  goals = json.loads((out / "summary.json").read_text())["goals"]
+  assert [g["met"] for g in goals["shipped"]] == [True, True, True, True]
+  assert goals["compared"] == 12  # two GNN rows x (4 test + 2 held-out metrics)
+  behind = [(b["row"], b["split"], b["metric"]) for b in goals["behind_meam"]]
+  assert behind == [
+    ("GNN noise=0", "test", "relaxed_match"),
+    ("GNN noise=0", "holdout", "relaxed_match"),
+  ]
+  assert goals["experimental"] == {"found": 0.0, "in_teacher": 1.0}
+  text = (out / "tables.md").read_text()
+  assert "| every GNN row ahead of MEAM | 2 of 12 row-metric pairs not ahead" in text
+  assert "reproduced | 0 of 1 teacher trajectories that end in it | **no** |" in text
+
+
 def test_missing_eval_is_one_line(tmp_path):
   cmd = [sys.executable, "-m", "experiments.make_tables", f"--runs={tmp_path}/nothing"]
   done = subprocess.run(cmd, capture_output=True, text=True)
