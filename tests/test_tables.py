@@ -85,7 +85,8 @@ def test_step_curves_average_seeds_up_to_the_shortest_and_are_plotted(tmp_path):
 def test_goals_check_the_shipped_row_and_every_gnn_row_against_meam(tmp_path):
   runs = [
     ("GNN (shipped)", _report(0.029, 0.9, 0.5, 0.72)),
-    ("GNN noise=0", _report(0.05, 2.0, 0.1, 0.5)),  # relaxed match level with MEAM: not ahead
+    # Relaxed match level with MEAM (a mean over seeds: float residue above 0.1): not ahead.
+    ("GNN noise=0", _report(0.05, 2.0, (0.1 + 0.1 + 0.1) / 3, 0.5)),
     ("GNN (MD data) on MD", _report(0.9, 30.0, 0.0, 0.0)),  # other test frames: not compared
     ("MEAM", _report(0.5, 10.0, 0.1, 0.3)),
   ]
