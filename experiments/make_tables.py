@@ -254,7 +254,7 @@ def goals_markdown(checked: dict) -> list[str]:
 
 
 def _fmt(entry: dict | None) -> str:
-  if not entry or entry.get("n", 0) == 0 or entry["mean"] != entry["mean"]:
+  if _mean(entry) is None:
     return "–"
   std = entry["std"] if abs(entry["std"]) > 1e-9 else 0.0  # equal seeds: no float residue
   return f"{entry['mean']:.3g} ({std:.2g})" if entry["n"] > 1 else f"{entry['mean']:.3g}"
