@@ -1,10 +1,20 @@
 """crystal-search: crystal structure search with random relaxations using graph networks."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+
+def _version() -> str:
+  """The one version string: ``__version__`` in ``crystal_search/__init__.py``."""
+  text = (Path(__file__).parent / "crystal_search" / "__init__.py").read_text()
+  return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
 
 setup(
   name="crystal-search",
-  version="0.1.0",
+  version=_version(),
   description=(
     "Find crystal structures by relaxing thousands of random unit cells with a "
     "force/stress graph network (JAX, Jraph, Flax, jax-md)."

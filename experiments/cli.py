@@ -25,7 +25,11 @@ COMMANDS: dict[str, str] = {
 
 def _usage() -> str:
   names = "\n  ".join(sorted(COMMANDS))
-  return f"usage: crystal-search COMMAND [--flags]   (COMMAND --help for its flags)\ncommands:\n  {names}"
+  return (
+    "usage: crystal-search COMMAND [--flags]   (COMMAND --help for its flags)\n"
+    "       crystal-search --version\n"
+    f"commands:\n  {names}"
+  )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +37,11 @@ def main(argv: list[str] | None = None) -> None:
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
     print(_usage())
     sys.exit(0 if len(argv) >= 2 else 2)
+  if argv[1] == "--version":
+    from crystal_search import __version__
+
+    print(f"crystal-search {__version__}")
+    sys.exit(0)
   command = argv[1]
   if command not in COMMANDS:
     print(f"error: unknown command {command!r}\n{_usage()}", file=sys.stderr)
