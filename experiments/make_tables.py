@@ -91,10 +91,11 @@ def row_name(run_dir: str, report: dict) -> str:
 #: Footnote of rows with an evaluation made before the output offsets of equivariant heads were
 #: rotation-averaged (``crystal_search.models.force_stress.output_normalization``).
 RAW_OFFSETS_NOTE = (
-  "†: evaluated (some or all seeds) with the trainer's output offsets as stored, before session "
-  "11: one stress mean broadcast to all nine components, which a rotation-equivariant network "
+  "†: evaluated (some or all seeds) with the trainer's output offsets as stored, before evaluate "
+  "recorded output_offsets (commit 54b9e25): one stress mean broadcast to all nine components, "
+  "which a rotation-equivariant network "
   "cannot follow; with its rotation average (now used) the same trained models measure a lower "
-  "stress MAE (the shipped model: see the README), the same force MAE, and pressure unchanged."
+  "stress MAE, the same force MAE, and pressure unchanged."
 )
 
 

