@@ -5,8 +5,8 @@ Three standard variance-reduction tricks, all on the same validation and test fr
 
 * the **ensemble** (mean prediction) of the models in ``--models``
   (:func:`crystal_search.force_fields.ensemble.committee`; by default the fast model
-  (``--model=fast``, the fine-tune shipped as the default in sessions 16-24), seed 0, and its
-  seed-1 twin, both fine-tuned from the same session-12 model);
+  (``--model=fast``, ``pretrained.py:finetune_mae``), seed 0, and its seed-1 twin, both
+  fine-tuned from the same ``pretrained.py`` model);
 * their **weight average** ("model soup": the mean of the parameters, one network's cost;
   meaningful only for models fine-tuned from one start, as these are);
 * the **rotation average** of the first model over the identity and the six 90-degree turns of

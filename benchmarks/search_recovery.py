@@ -111,7 +111,7 @@ def main() -> None:
     "--optimizer",
     default=search.get_search_config().optimizer,
     choices=relax.OPTIMIZERS,
-    help="The search's relaxer rule (fire since session 28; damped before, the paper's).",
+    help="The search's relaxer rule (default: the search's; damped is the paper's).",
   )
   p.add_argument("--out", default="benchmarks/results/search_recovery.json")
   args = p.parse_args()
