@@ -3,7 +3,7 @@
   python -m data_tools.generate_md --phases=LiSi,Li13Si4 --steps=500 --output_dir=data/teacher_md
 
 The paper: 800 K, 2 fs, 64–78-atom supercells, >= 47 ps per phase (VASP).  One CHGNet step on
-64 atoms takes ~0.25 s on this CPU, so a session affords a few ps at most; the length is a flag.
+64 atoms takes ~0.25 s on this CPU, so a CPU run affords a few ps at most; the length is a flag.
 Each phase's run is written atomically as <output_dir>/<Formula>_md_<seed>.npz; a finished
 file is skipped on rerun.
 """

@@ -131,8 +131,8 @@ def test_packaged_models_by_name(model, tmp_path, monkeypatch):
 def test_the_default_model_stays_sane_on_short_contacts():
   """The packaged default, on Li13Si4 copies rattled by 0.3 Å (closest contacts 1.49-1.72 Å,
   shorter than any training frame's): its largest atomic force stays within 3x CHGNet's
-  (21.4, 6.9, 9.23, 10.6 eV/Å, ``benchmarks/results/known_phase_basins.md``). Session 25's
-  default predicted 1.1e5, 6.2, 135 and 785 eV/Å there, and 3 of the 4 blew up."""
+  (21.4, 6.9, 9.23, 10.6 eV/Å, ``benchmarks/results/known_phase_basins.md``).
+  ``pretrained.py:large_mae_cpu`` predicted 1.1e5, 6.2, 135 and 785 eV/Å there, and 3 of the 4 blew up."""
   import os
   import sys
 

@@ -10,7 +10,7 @@ the paper's SMASS/POTIM, positions and cell, to fmax = 0.05 eV/Å, with a
 CPU-scale cap of 300 steps (a relaxation that hits it is kept, marked not
 converged).  The jobs run round-robin over the compositions, so stopping the
 run at any time leaves a balanced set; ``num_per_composition`` is the paper's
-5000 as an upper bound, not what one CPU session finishes.
+5000 as an upper bound, not what one CPU run finishes.
 """
 
 import ml_collections
