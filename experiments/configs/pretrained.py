@@ -1,7 +1,7 @@
 """The shipped force/stress models' configs (``crystal_search/pretrained/``).
 
   crystal-search train --config=experiments/configs/pretrained.py:large_mae_cpu \
-      --workdir=runs/large_mae        # 7 blocks x 64, MAE (default in session 25)
+      --workdir=runs/large_mae        # 7 blocks x 64, MAE, epoch-31 budget
   crystal-search train --config=experiments/configs/pretrained.py:large_mae_contacts \
       --workdir=runs/large_mae_contacts  # the default model (force_stress/): large_mae's
                                          # epoch-37 export fine-tuned with short contacts
@@ -21,35 +21,32 @@ strained copies of the relaxed training structures (``crystal-search build-strai
 longer: ``EPOCHS`` epochs with the learning rate halved every ``HALVING_EPOCHS``.  This is the one
 config beyond the 20-minute CPU budget: about 3 hours on both cores of the 2-core machine
 (~235-400 s an epoch on the 13,385 frames whose cells are thick enough for the model's 2 periodic
-images at 5 Å, by machine; trained over sessions 11-12 as ``pretrained.py:vectors``, the same
-config, resumed from ``experiments/results/probes/vectors``).  Shipped in sessions 12-15 (row
-``GNN (vectors; shipped in sessions 12-15)``); in sessions 16-24 the package's default was
-``pretrained.py:finetune_mae``, this model fine-tuned 12 epochs on the MAE loss, packaged since
-session 25 as the fast model (``force_stress_fast``, ``--model=fast``; row
-``GNN (fast; default in sessions 16-24)``); the default was ``large_mae_cpu`` (below) in session 25 and is ``large_mae_contacts`` since.  The configs shipped before are ``pretrained.py:blocks6`` (sessions 10-11),
-``:blocks4`` (session 9) and ``:cutoff4`` (sessions 7-8).
+images at 5 Å, by machine; its run, resumed once at epoch 16, is
+``experiments/results/probes/vectors``; row ``GNN (pretrained.py)``).
+``pretrained.py:finetune_mae``, this model fine-tuned 12 epochs on the MAE loss, is the package's
+fast model (``force_stress_fast``, ``--model=fast``; row ``GNN (fast; pretrained.py:finetune_mae)``); the
+package's default is ``large_mae_contacts`` (below).  ``pretrained.py:blocks6``, ``:blocks4`` and
+``:cutoff4`` are this config with fewer parts (below).
 Validation stays on the CPU scale's ``CPU_EVAL_FRAMES`` subset so that the per-epoch
 validation does not dominate the epoch time.
 
 The shipped config's own variants (5 Å, strain data):
 
-* ``pretrained.py:blocks6``: the shipped config without the vector channels, the model shipped
-  in sessions 10 and 11 (row ``GNN (no vector channels; shipped in sessions 10-11)``), ~170 s an
-  epoch on one core (session 10's machine); a train step costs ~1.3x less than the shipped
-  config's (``benchmarks/results/training_curves.md``);
-* ``pretrained.py:blocks4``: ``blocks6`` with ``default.py``'s 4 blocks, the model shipped in
-  session 9 (row ``GNN (4 blocks; shipped in session 9)``), ~125 s an epoch;
+* ``pretrained.py:blocks6``: the shipped config without the vector channels (row
+  ``GNN (pretrained.py:blocks6)``), ~170 s an epoch on one core; a train step costs ~1.3x less
+  than the shipped config's (``benchmarks/results/training_curves.md``);
+* ``pretrained.py:blocks4``: ``blocks6`` with ``default.py``'s 4 blocks (row
+  ``GNN (pretrained.py:blocks4)``), ~125 s an epoch;
 * ``pretrained.py:long``: the shipped config for ``LONG_EPOCHS`` (75) epochs instead of 45 (two
   more halvings of the learning rate; row ``GNN (shipped config; 75 epochs)``); its first 45
-  epochs are the shipped run's, continued with ``crystal-search train --extend`` (started in
-  session 13; ``experiments/results/probes/README.md``).
+  epochs are the shipped run's, continued with ``crystal-search train --extend``
+  (``experiments/results/probes/README.md``).
 * ``pretrained.py:finetune_mae``: the shipped model (``FINETUNE_FROM``, a byte copy of its
   export) trained on for ``FINETUNE_EPOCHS`` epochs with the mean absolute error of the
   standardised forces and stresses as the loss (``loss='mae'``; the tables report MAEs, and a
   squared loss spends its steps on the largest errors), from the learning rate of the shipped
-  run's best epoch (``FINETUNE_LR``) halved every ``FINETUNE_HALVING_EPOCHS`` (session 14;
-  the default in sessions 16-24, the fast model since, row
-  ``GNN (fast; default in sessions 16-24)``).
+  run's best epoch (``FINETUNE_LR``) halved every ``FINETUNE_HALVING_EPOCHS`` (the
+  package's fast model, row ``GNN (fast; pretrained.py:finetune_mae)``).
 
 The accelerator scale of the shipped config (``scale='paper'``; for a lent GPU,
 ``scripts/device/train_large.sh``, which sets ``max_train_minutes``):
@@ -61,33 +58,31 @@ The accelerator scale of the shipped config (``scale='paper'``; for a lent GPU,
 * ``pretrained.py:large_mae``: ``large`` trained on the MAE loss from the start (what
   ``scripts/device/train_large.sh`` runs by default; ``benchmarks/capacity_probe.py`` compares
   the two sizes on the two losses in 10-epoch probes on 2,000 frames on the CPU,
-  ``benchmarks/results/capacity_probe.md``; with no GPU lent, it trains on the CPU over
-  sessions from session 22 in ``experiments/results/probes/large_mae`` under a cumulative
+  ``benchmarks/results/capacity_probe.md``; with no GPU lent, it trains on the CPU, resumed
+  run by run, in ``experiments/results/probes/large_mae`` under a cumulative
   ``max_train_minutes``, ~8-14 min an epoch on both cores; after 33 epochs (best 31) test
   force 0.0299 eV/Å, stress 0.886 kBar: ``experiments/results/probes/README.md``);
 * ``pretrained.py:large_mae_cpu``: ``large_mae`` under the CPU budget it trained with
-  (``LARGE_MAE_CPU_MINUTES``): its epoch-31 export was the package's default force/stress model
-  in session 25 (row ``GNN (large epoch 31; default in session 25)``; the fine-tune shipped in
-  sessions 16-24 is ``force_stress_fast``, ``--model=fast``);
+  (``LARGE_MAE_CPU_MINUTES``): its epoch-31 export (row
+  ``GNN (pretrained.py:large_mae_cpu)``);
 * ``pretrained.py:large_finetune_mae``: ``large``'s export (``LARGE_WORKDIR/model``) trained on
   with the MAE loss, as ``finetune_mae`` does for the shipped model.
 * ``pretrained.py:large_mae_contacts``: ``large_mae``'s export (``CONTACTS_FROM``, epoch 37)
   fine-tuned for ``CONTACTS_EPOCHS`` epochs on ``data/dataset_contacts`` (``CONTACTS_DATA``): the
   strain dataset's training frames plus ``CONTACTS_SETTINGS['max_sources']`` of them displaced by
   ``CONTACTS_SETTINGS['rattle']`` Å and labelled by the teacher, so that the network sees contacts
-  of 1.2–2.1 Å (median 1.8) where its training frames have none below 2.0 Å (session 26; the
+  of 1.2–2.1 Å (median 1.8) where its training frames have none below 2.0 Å (the
   epoch-31 model blew up on rattled starts with 1.5–1.7 Å contacts,
   ``benchmarks/results/known_phase_basins_large31.md``).  The package's default force/stress
-  model since session 26 (``crystal_search/pretrained/force_stress``, row ``GNN (shipped)``).
+  model (``crystal_search/pretrained/force_stress``, row ``GNN (shipped)``).
 
 The other variants (none shipped) keep the 4 Å cutoff of ``default.py:cpu``; the rows named
 ``shipped config; ...`` in the tables are variants of ``cutoff4``, the config shipped when they
 were trained (4 blocks, 4 Å):
 
-* ``pretrained.py:cutoff4``: ``blocks4`` at 4 Å, the model shipped in sessions 7 and 8
-  (row ``GNN (4 Å cutoff; shipped in sessions 7-8)``), ~90 s an epoch;
-* ``pretrained.py:no_strain``: ``cutoff4`` without the strain frames, on ``data/dataset`` (the
-  model shipped before session 7; row ``GNN (shipped config; no strain frames)``): the same
+* ``pretrained.py:cutoff4``: ``blocks4`` at 4 Å (row ``GNN (pretrained.py:cutoff4)``), ~90 s an
+  epoch;
+* ``pretrained.py:no_strain``: ``cutoff4`` without the strain frames, on ``data/dataset`` (row ``GNN (shipped config; no strain frames)``): the same
   force and trajectory metrics, but a nearly flat pressure-volume curve near equilibrium
   (``benchmarks/results/equation_of_state.md``);
 * ``pretrained.py:wide``: ``no_strain`` at twice the width (``WIDE``: blocks of width 64, heads
@@ -159,8 +154,8 @@ LARGE = {"num_blocks": 7, "width": 64, "head_widths": (64, 32), "vector_channels
 LARGE_EPOCHS = 60
 LARGE_HALVING_EPOCHS = 10
 LARGE_WORKDIR = "runs/pretrained_large"
-#: ``large_mae_cpu``: the wall-clock budget (minutes, cumulative over sessions 22-24) under which
-#: ``large_mae`` trained on the CPU into the package's default force/stress model (session 25).
+#: ``large_mae_cpu``: the wall-clock budget (minutes, cumulative over its resumed runs) under
+#: which ``large_mae`` trained on the CPU into its epoch-31 export.
 LARGE_MAE_CPU_MINUTES = 330.0
 #: ``large_mae_contacts``: the model it starts from (``large_mae``'s export after 37 epochs in a
 #: 370-min budget), its dataset, the ``build-strain-frames --source=frames`` flags that made it
