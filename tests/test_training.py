@@ -13,6 +13,7 @@ from training_data import make_dataset, make_frames
 from crystal_search import training
 from crystal_search.crystals import bucket_size
 from crystal_search.errors import InputError
+from crystal_search.training import loop as training_loop
 
 # ----------------------------------------------------------------------------
 # Loss.
@@ -568,7 +569,7 @@ def test_neighbour_overflow_grows_capacity_and_redoes_the_step(tiny_dataset, tmp
   )
   # Allocate one edge too few for the largest training structure of each bucket.
   monkeypatch.setattr(
-    training, "neighbour_capacities", lambda *a, **k: {b: n - 1 for b, n in exact.items()}
+    training_loop, "neighbour_capacities", lambda *a, **k: {b: n - 1 for b, n in exact.items()}
   )
   messages = []
   config = _tiny_config(tiny_dataset, num_epochs=1)
@@ -590,7 +591,7 @@ def test_early_stopping_after_patience_epochs(tiny_dataset, tmp_path, monkeypatc
     calls.append(out)
     return dict(out, loss=1.0)
 
-  monkeypatch.setattr(training, "evaluate_frames", flat_val)
+  monkeypatch.setattr(training_loop, "evaluate_frames", flat_val)
   config = _tiny_config(tiny_dataset, num_epochs=10, patience=2)
   messages = []
   result = training.train(config, str(tmp_path / "w"), progress=False, log=messages.append)
@@ -623,7 +624,7 @@ def test_time_budget_ends_the_run_and_exports_its_best_model(tiny_dataset, tmp_p
     clock["t"] += 30.0
     return clock["t"]
 
-  monkeypatch.setattr(training, "time", types.SimpleNamespace(time=fake_time))
+  monkeypatch.setattr(training_loop, "time", types.SimpleNamespace(time=fake_time))
   from crystal_search.models import io as model_io
 
   config = _tiny_config(tiny_dataset, num_epochs=10, patience=0, max_train_minutes=1.5)
