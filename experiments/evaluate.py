@@ -1,6 +1,7 @@
 r"""The paper's evaluation of one model (or baseline): ``crystal-search evaluate --workdir=DIR``.
 
-Writes ``eval.json`` and ``eval.md`` (into the workdir, or ``--output_dir``):
+Writes ``eval.json`` and ``eval.md`` (into the workdir, or ``--output_dir``; assembled by
+:func:`crystal_search.evaluation_report.evaluate_dataset`):
 
 * force MAE (eV/Å) and stress MAE (kBar) on the test frames and the held-out frames;
 * relaxed-structure match and matches in trajectory on whole test / held-out trajectories,
@@ -19,9 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
-import numpy as np
 from absl import flags
 
 from crystal_search.errors import InputError
@@ -95,8 +94,7 @@ def _force_field():
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from crystal_search import evaluation, metrics, plots, relax
-  from crystal_search.datasets import frames as frames_lib
+  from crystal_search import evaluation_report
 
   dataset = _dataset_path()
   if not os.path.isdir(dataset):
@@ -105,106 +103,22 @@ def main(argv: list[str]) -> None:
   out_dir = _OUTPUT_DIR.value or _WORKDIR.value
   if not out_dir:
     raise InputError("pass --output_dir (or --workdir)")
-  os.makedirs(out_dir, exist_ok=True)
-
-  def maybe(name):
-    path = os.path.join(dataset, f"{name}.npz")
-    return frames_lib.load(path) if os.path.exists(path) else None
-
-  reference = metrics.load_reference_phases()
-  li15si4 = next((s for n, s in reference.items() if n.startswith("Li15Si4")), None)
-  report: dict = {
-    "name": _NAME.value or getattr(force_field, "name", _FORCE_FIELD.value),
-    "dataset": os.path.abspath(dataset),
-    "data_version": evaluation.test_data_version(dataset),
-    "max_frames": _MAX_FRAMES.value,
-    "max_trajectories": _MAX_TRAJ.value,
-  }
-  if _FORCE_FIELD.value == "model":
-    # Force/stress networks with equivariant heads add the rotation average of the trainer's
-    # output offsets (crystal_search.models.force_stress.output_normalization); an eval.json
-    # without this key used the offsets as stored (make_tables marks such rows).
-    report["output_offsets"] = "rotation-averaged"
+  committee = None
   if _FORCE_FIELD.value == "model" and (len(_MODEL.value or ()) > 1 or _ROTATIONS.value != "none"):
-    report["committee"] = {"models": list(_MODEL.value or ()), "rotations": _ROTATIONS.value}
-  # The relaxer's failure thresholds shape the trajectory metrics (a run flagged as failed
-  # stops); eval.json files without this key were made with the flat 0.5 Å overlap check.
-  relax_defaults = relax.get_relax_config()
-  report["relax_checks"] = {
-    key: relax_defaults[key] for key in ("min_distance", "overlap_fraction", "min_cell_height")
-  }
-  t0 = time.perf_counter()
-  curves: dict[str, list[float]] = {}
-  for split, traj_split in (("test", "test_trajectories"), ("holdout", "holdout_trajectories")):
-    entry: dict = {}
-    frames = maybe(split)
-    if frames is not None and _MAX_FRAMES.value is not None and len(frames) > _MAX_FRAMES.value:
-      rng = np.random.default_rng(0)
-      frames = frames.select(np.sort(rng.choice(len(frames), _MAX_FRAMES.value, replace=False)))
-    if frames is not None and len(frames):
-      errors = evaluation.frame_errors(force_field, frames)
-      entry.update(force_mae=errors["force_mae"], stress_mae=errors["stress_mae"])
-      entry["frames"] = errors["frames"]
-      pred = errors["predictions"]
-      np.savez_compressed(
-        os.path.join(out_dir, f"predictions_{split}.npz"),
-        forces_true=frames.forces,
-        forces_pred=pred["forces"],
-        stress_true=frames.stress,
-        stress_pred=pred["stress"],
-      )
-      plots.parity(
-        frames.forces,
-        pred["forces"],
-        frames.stress,
-        pred["stress"],
-        os.path.join(out_dir, f"parity_{split}.png"),
-        title=f"{report['name']}: {split}",
-      )
-    trajectories = maybe(traj_split)
-    if trajectories is not None and len(trajectories):
-      scores = evaluation.trajectory_scores(
-        force_field,
-        trajectories,
-        max_trajectories=_MAX_TRAJ.value,
-        progress=not _QUIET.value,
-      )
-      entry.update(scores)
-      if scores.get("matched_by_step"):
-        curves[split] = scores["matched_by_step"]
-      if split == "holdout" and li15si4 is not None:
-        entry.update(evaluation.experimental_recovery(force_field, trajectories, li15si4))
-    report[split] = entry
-  report["wall_time_s"] = time.perf_counter() - t0
-  report["machine"] = machine_name()
-  if curves:
-    plots.matched_by_step(curves, os.path.join(out_dir, "matched_by_step.png"))
-  with open(os.path.join(out_dir, "eval.json"), "w") as f:
-    json.dump(report, f, indent=2)
-  lines = [f"# Evaluation: {report['name']}", "", f"dataset: `{report['dataset']}`", ""]
-  lines += ["| split | force MAE (eV/Å) | stress MAE (kBar) | relaxed match | trajectory match |"]
-  lines += ["|---|---:|---:|---:|---:|"]
-  for split in ("test", "holdout"):
-    e = report.get(split, {})
-
-    def fmt(key, e=e):
-      v = e.get(key)
-      return "–" if v is None else f"{v:.4g}"
-
-    lines.append(
-      f"| {split} | {fmt('force_mae')} | {fmt('stress_mae')} | {fmt('relaxed_match')} | "
-      f"{fmt('trajectory_match')} |"
-    )
-  h = report.get("holdout", {})
-  if "experimental_in_teacher" in h:
-    lines += [
-      "",
-      f"Li15Si4 experimental structure: teacher found it in {h['experimental_in_teacher']} "
-      f"trajectories; the model reproduces {h['experimental_found']} of them.",
-    ]
-  with open(os.path.join(out_dir, "eval.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+    committee = {"models": list(_MODEL.value or ()), "rotations": _ROTATIONS.value}
+  report = evaluation_report.evaluate_dataset(
+    force_field,
+    dataset,
+    out_dir,
+    name=_NAME.value or getattr(force_field, "name", _FORCE_FIELD.value),
+    kind=_FORCE_FIELD.value,
+    committee=committee,
+    max_frames=_MAX_FRAMES.value,
+    max_trajectories=_MAX_TRAJ.value,
+    machine=machine_name(),
+    progress=not _QUIET.value,
+  )
+  print(evaluation_report.markdown(report))
 
 
 if __name__ == "__main__":
