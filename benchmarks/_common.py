@@ -59,7 +59,7 @@ def command_line(argv: list[str] | None = None) -> str:
 def shipped_metadata(name: str) -> dict | None:
   """The ``metadata`` of the package's ``pretrained/NAME/model.json`` (its run's config hash, data
   version, test metrics, ...), or None when the package ships no such model."""
-  from crystal_search.search import PRETRAINED_DIR
+  from crystal_search.force_fields.registry import PRETRAINED_DIR
 
   path = os.path.join(PRETRAINED_DIR, name, "model.json")
   if not os.path.exists(path):

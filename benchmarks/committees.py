@@ -53,8 +53,8 @@ def main() -> None:
   from crystal_search.datasets import frames as frames_lib
   from crystal_search.force_fields import ensemble
   from crystal_search.force_fields import model as model_ff
+  from crystal_search.force_fields.registry import PRETRAINED_DIR
   from crystal_search.models import io as model_io
-  from crystal_search.search import PRETRAINED_DIR
 
   t_start = time.perf_counter()
   paths = {

@@ -68,7 +68,7 @@ def main() -> None:
   from crystal_search.errors import InputError
   from crystal_search.evaluation import frame_errors
   from crystal_search.force_fields import model as model_ff
-  from crystal_search.search import PRETRAINED_DIR
+  from crystal_search.force_fields.registry import PRETRAINED_DIR
 
   models = _common.parse_models(args.models)
   splits = {}

@@ -64,7 +64,7 @@ def main() -> None:
   args = parser.parse_args()
 
   from crystal_search import metrics, relax
-  from crystal_search.search import PRETRAINED_DIR
+  from crystal_search.force_fields.registry import PRETRAINED_DIR
 
   phases = {}
   for name, s in sorted(metrics.load_reference_phases().items()):

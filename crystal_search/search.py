@@ -32,6 +32,7 @@ import numpy as np
 from pymatgen.core import Structure
 
 from crystal_search.errors import InputError
+from crystal_search.force_fields.registry import PRETRAINED_DIR, PRETRAINED_MODELS  # noqa: F401
 
 #: Free disk space a search needs before it starts (MB).
 MIN_FREE_DISK_MB = 50
@@ -392,14 +393,6 @@ def plot_energy_volume(result: SearchResult, path: str) -> None:
   plt.close(fig)
 
 
-#: Where the pretrained models ship inside the package.
-PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
-#: The packaged force/stress models by name (``--model=NAME``, resolved by
-#: :func:`crystal_search.relax.make_force_field`): ``default`` is the most accurate (loaded when
-#: no model is given), ``fast`` the one shipped before it, ~2.4x cheaper a step.
-PRETRAINED_MODELS = {"default": "force_stress", "fast": "force_stress_fast"}
-
-
 def load_force_field(
   kind: str, *, model: str | None = None, energy_model: str | None = None
 ) -> tuple[object, Callable[[Sequence[Structure]], np.ndarray] | None]:
@@ -414,12 +407,12 @@ def load_force_field(
   Returns:
     ``(force_field, energy_fn)``; ``energy_fn`` is None when the force field's own energies rank.
   """
-  from crystal_search import relax
   from crystal_search.force_fields import model as model_ff
+  from crystal_search.force_fields.registry import make_force_field
 
   if kind not in ("model", "chgnet", "meam"):
     raise InputError(f"unknown force field {kind!r} (model, chgnet or meam)")
-  force_field = relax.make_force_field(kind, model=model)
+  force_field = make_force_field(kind, model=model)
   if kind != "model":
     return force_field, None
   energy_path = energy_model or os.path.join(PRETRAINED_DIR, "energy")

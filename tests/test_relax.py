@@ -214,6 +214,87 @@ def test_fire_cell_follows_ase_fire_with_the_frechet_cell_filter():
     np.testing.assert_allclose(p, q, atol=5e-3)
 
 
+def _ase_lbfgs_path(structure, steps, *, cell_filter=None):
+  """Cartesian positions and cells of ASE's own L-BFGS on the LJ force field, step by step."""
+  from ase.optimize import LBFGS
+  from pymatgen.io.ase import AseAtomsAdaptor
+
+  from crystal_search.force_fields.ase import CrystalSearchCalculator
+
+  atoms = AseAtomsAdaptor.get_atoms(structure)
+  atoms.calc = CrystalSearchCalculator(LJ)
+  opt = LBFGS(cell_filter(atoms) if cell_filter else atoms, logfile=None)
+  path = []
+  for _ in range(steps):
+    opt.step()
+    path.append((atoms.get_positions().copy(), atoms.cell.array.copy()))
+  return path
+
+
+def _our_path(structure, steps, **kwargs):
+  from crystal_search.crystals import from_structures
+
+  c = jax.tree_util.tree_map(jnp.asarray, from_structures([structure], max_atoms=8))
+  init_fn, apply_fn = relax.damped_dynamics(
+    LJ, fmax=1e-9, smax=1e-9, max_steps=10_000, max_displacement=10.0, max_strain=10.0, **kwargs
+  )
+  state, apply_fn = init_fn(c), jax.jit(apply_fn)
+  path = []
+  for _ in range(steps):
+    state = apply_fn(state)
+    cart = np.asarray(state.crystals.cartesian()[0, : len(structure)])
+    path.append((cart, np.asarray(state.crystals.lattice[0])))
+  return path
+
+
+def test_lbfgs_positions_follow_ase_lbfgs_step_by_step():
+  """Fixed cell: our batched L-BFGS is ASE's LBFGS (same defaults), to float32 precision."""
+  s = _perturbed_fcc(3, supercell=(2, 1, 1), displacement=0.3)
+  ours = _our_path(s, 25, optimizer="lbfgs", relax_cell=False)
+  theirs = _ase_lbfgs_path(s, 25)
+  assert np.abs(theirs[-1][0] - theirs[0][0]).max() > 0.05  # the atoms really move (Å)
+  for (p, _), (q, _) in zip(ours, theirs):
+    np.testing.assert_allclose(p, q, atol=2e-4)
+
+
+def test_lbfgs_cell_follows_ase_lbfgs_with_the_frechet_cell_filter():
+  """With the cell: ASE's FrechetCellFilter to first order in the strain step."""
+  from ase.filters import FrechetCellFilter
+
+  s = _perturbed_fcc(3, supercell=(2, 1, 1), displacement=0.2, strain=0.06)
+  ours = _our_path(s, 15, optimizer="lbfgs")
+  theirs = _ase_lbfgs_path(s, 15, cell_filter=FrechetCellFilter)
+  assert np.abs(theirs[-1][1] - s.lattice.matrix).max() > 0.05  # the cell really relaxes (Å)
+  for (p, cell), (q, cell_ase) in zip(ours, theirs):
+    np.testing.assert_allclose(cell, cell_ase, atol=2e-3)
+    np.testing.assert_allclose(p, q, atol=1e-2)
+
+
+def test_lbfgs_needs_fewer_steps_than_fire_and_reaches_the_same_minimum():
+  a_ref, e_ref = _fcc_reference_a()
+  starts = [_perturbed_fcc(seed) for seed in range(3)]
+  fire = relax.relax_structures(starts, LJ, optimizer="fire", **TIGHT)
+  lbfgs = relax.relax_structures(starts, LJ, optimizer="lbfgs", **TIGHT)
+  for r in lbfgs:
+    assert r.converged and not r.failed
+    np.testing.assert_allclose(r.final.lattice.abc, a_ref, rtol=5e-3)
+    assert abs(r.energy / len(r.final) - e_ref) < 1e-3
+  assert sum(r.steps for r in lbfgs) < sum(r.steps for r in fire)
+
+
+def test_lbfgs_in_flight_batching_equals_structures_alone():
+  """A refilled slot starts without the previous structure's history: a batch of 2 slots over
+  5 structures gives each the path it takes alone."""
+  structures = [_perturbed_fcc(40 + k, displacement=0.05 + 0.03 * k) for k in range(5)]
+  batched = relax.relax_structures(
+    structures, LJ, optimizer="lbfgs", batch_size=2, chunk_steps=3, **TIGHT
+  )
+  for s, r in zip(structures, batched):
+    (alone,) = relax.relax_structures([s], LJ, optimizer="lbfgs", **TIGHT)
+    assert r.steps == alone.steps and r.converged == alone.converged
+    np.testing.assert_allclose(r.final.lattice.matrix, alone.final.lattice.matrix, atol=1e-4)
+
+
 def test_fire_relaxes_fcc_lj_to_the_reference_lattice_constant():
   a_ref, e_ref = _fcc_reference_a()
   results = relax.relax_structures(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,37 @@ DEFAULT_EDGES_PER_ATOM = 64
 def default_capacity(max_atoms: int) -> int:
   """A starting edge capacity for ``max_atoms`` slots."""
   return DEFAULT_EDGES_PER_ATOM * max_atoms
+
+
+#: :func:`capacity_for` sizes the edge capacity to this margin over the largest edge count of the
+#: structures it is given (cells that shrink while relaxing gain edges), rounded up to a
+#: multiple of :data:`CAPACITY_QUANTUM` (fewer distinct compiled shapes).
+CAPACITY_MARGIN = 1.3
+CAPACITY_QUANTUM = 128
+
+
+def capacity_for(crystals: Crystals, cutoff: float, *, margin: float = CAPACITY_MARGIN) -> int:
+  """Edges per structure for a batch of ``crystals``: ``margin`` times the largest directed edge
+  count within ``cutoff`` Å (periodic images included), rounded up to :data:`CAPACITY_QUANTUM`."""
+  from crystal_search import graphs
+
+  need = margin * graphs.required_capacity(crystals, cutoff)
+  return int(CAPACITY_QUANTUM * max(1, math.ceil(need / CAPACITY_QUANTUM)))
+
+
+#: Force fields made by ``sized_for``, kept so that the same capacity gives the same object
+#: (the relaxer caches its compiled programs per force-field object).
+_SIZED: dict = {}
+
+
+def _sized(force_field, crystals: Crystals):
+  capacity = capacity_for(crystals, float(force_field.config.cutoff))
+  key = (type(force_field), id(force_field.variables), force_field.config, capacity)
+  if key not in _SIZED:
+    if len(_SIZED) >= 64:
+      _SIZED.pop(next(iter(_SIZED)))
+    _SIZED[key] = (dataclasses.replace(force_field, capacity=capacity), force_field.variables)
+  return _SIZED[key][0]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "capacity"))
@@ -93,6 +125,11 @@ class ModelForceField:
     """Double the edge capacity; widen the image range by one up to :data:`MAX_GROWN_IMAGES`."""
     return dataclasses.replace(self, capacity=2 * self.capacity, config=_grown_config(self.config))
 
+  def sized_for(self, crystals: Crystals) -> ModelForceField:
+    """This network with the edge capacity :func:`capacity_for` the structures ``crystals``
+    (the relaxer sizes each atom-count bucket so; an overflow later still grows it)."""
+    return _sized(self, crystals)
+
 
 @functools.partial(jax.jit, static_argnames=("config", "capacity", "derivative"))
 def _energy_call(config, variables, crystals, capacity, derivative):
@@ -145,6 +182,10 @@ class EnergyModelForceField:
   def grow(self) -> EnergyModelForceField:
     """Double the edge capacity; widen the image range by one up to :data:`MAX_GROWN_IMAGES`."""
     return dataclasses.replace(self, capacity=2 * self.capacity, config=_grown_config(self.config))
+
+  def sized_for(self, crystals: Crystals) -> EnergyModelForceField:
+    """This network with the edge capacity :func:`capacity_for` the structures ``crystals``."""
+    return _sized(self, crystals)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "capacity"))

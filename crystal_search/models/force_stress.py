@@ -105,9 +105,9 @@ class ForceStressNet(nn.Module):
 
   def _edge_scalars(self, name, v, e, u, graph, num_graphs, weight):
     """Per-edge scalars ``[Ed, 1]`` (MLP of edge, both atoms, global) times ``weight``."""
-    u_edges = jnp.repeat(u, e.shape[0] // num_graphs, axis=0)
-    x = jnp.concatenate([e, v[graph.receivers], v[graph.senders], u_edges], axis=-1)
-    x = megnet.MLP(self.head_widths, self.act, dtype=self.dtype, name=f"{name}_mlp")(x)
+    del num_graphs
+    parts = megnet.edge_parts(e, v, u, graph)
+    x = megnet.MLP(self.head_widths, self.act, dtype=self.dtype, name=f"{name}_mlp")(parts)
     w = nn.Dense(1, dtype=self.dtype, param_dtype=self.dtype, name=f"{name}_out")(x)
     return w * weight
 

@@ -77,8 +77,43 @@ def check_elements(config, structures_or_numbers) -> None:
     )
 
 
+class GatherDense(nn.Module):
+  """``nn.Dense`` on the concatenation ``[g_0(x_0), g_1(x_1), ...]`` of gathered parts, computed as
+  ``sum_k g_k(x_k @ W_k) + b``: each part is projected *before* it is gathered or repeated.
+
+  The parameters are those of ``nn.Dense(features)`` on the concatenation (``kernel [sum_k d_k,
+  features]`` split by rows into the ``W_k``, ``bias [features]``, the same initialisers), so a
+  trained model loads unchanged; the result equals it up to float rounding.  An edge update
+  ``Dense([e_ij, v_i, v_j, u])`` then costs one ``width x width`` product per edge instead of four,
+  the node and global parts being projected once per node and per structure.
+  """
+
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, parts: Sequence[tuple[jax.Array, Callable[[jax.Array], jax.Array] | None]]):
+    """``parts``: ``(x_k [M_k, d_k], g_k)`` with ``g_k`` mapping ``[M_k, features]`` to the output
+    rows (a gather or repeat; None: the rows are the output's)."""
+    total = sum(x.shape[-1] for x, _ in parts)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (total, self.features), self.dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.dtype)
+    out, start = None, 0
+    for x, gather in parts:
+      d = x.shape[-1]
+      y = jnp.asarray(x, self.dtype) @ kernel[start : start + d]
+      start += d
+      y = gather(y) if gather is not None else y
+      out = y if out is None else out + y
+    return out + bias
+
+
 class MLP(nn.Module):
-  """Dense layers with an activation after each (also the last, unless ``activate_last=False``)."""
+  """Dense layers with an activation after each (also the last, unless ``activate_last=False``).
+
+  The input is an array, or a list of gathered parts (see :class:`GatherDense`) that the first
+  layer reads as their concatenation without building it.
+  """
 
   widths: Sequence[int]
   act: str = "softplus"
@@ -86,13 +121,29 @@ class MLP(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x) -> jax.Array:
     f = activation(self.act)
     for k, w in enumerate(self.widths):
-      x = nn.Dense(w, dtype=self.dtype, param_dtype=self.dtype)(x)
+      if k == 0 and isinstance(x, list | tuple):
+        x = GatherDense(w, dtype=self.dtype, name="Dense_0")(x)
+      else:
+        x = nn.Dense(w, dtype=self.dtype, param_dtype=self.dtype, name=f"Dense_{k}")(x)
       if self.activate_last or k < len(self.widths) - 1:
         x = f(x)
     return x
+
+
+def edge_parts(e: jax.Array, v: jax.Array, u: jax.Array, graph: jraph.GraphsTuple) -> list:
+  """The parts of an edge's input ``[e_ij, v_i, v_j, u]`` (``i`` the receiver) for an
+  :class:`MLP`: the edge state, the two atoms' states gathered along the edges, the global
+  state repeated over each structure's edges."""
+  per = e.shape[0] // u.shape[0]
+  return [
+    (e, None),
+    (v, lambda y: y[graph.receivers]),
+    (v, lambda y: y[graph.senders]),
+    (u, lambda y: jnp.repeat(y, per, axis=0)),
+  ]
 
 
 def _per_graph_mean(x: jax.Array, mask: jax.Array, num_graphs: int) -> jax.Array:
@@ -160,11 +211,9 @@ class MEGNetBlock(nn.Module):
     node_mask = graph.nodes["mask"][:, None].astype(v.dtype)
     edge_mask = graph.edges["mask"][:, None].astype(e.dtype)
     u_nodes = jnp.repeat(u, num_nodes // num_graphs, axis=0)
-    u_edges = jnp.repeat(u, e.shape[0] // num_graphs, axis=0)
     mlp = lambda: MLP((self.width, self.width), self.act, dtype=self.dtype)
 
-    e_in = jnp.concatenate([e, v[graph.receivers], v[graph.senders], u_edges], axis=-1)
-    e_new = mlp()(e_in) * edge_mask
+    e_new = mlp()(edge_parts(e, v, u, graph)) * edge_mask
     if edge_weight is None:
       summed = jax.ops.segment_sum(e_new, graph.receivers, num_segments=num_nodes)
       degree = jax.ops.segment_sum(edge_mask, graph.receivers, num_segments=num_nodes)
