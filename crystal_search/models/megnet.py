@@ -96,7 +96,9 @@ class GatherDense(nn.Module):
     """``parts``: ``(x_k [M_k, d_k], g_k)`` with ``g_k`` mapping ``[M_k, features]`` to the output
     rows (a gather or repeat; None: the rows are the output's)."""
     total = sum(x.shape[-1] for x, _ in parts)
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (total, self.features), self.dtype)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (total, self.features), self.dtype
+    )
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.dtype)
     out, start = None, 0
     for x, gather in parts:
