@@ -72,3 +72,77 @@ def load_config(spec: str):
   path, _, arg = spec.partition(":")
   module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
   return module.get_config(arg or None)
+
+
+class ConfigAliases:
+  """Short flags for fields of a config flag (``--fmax`` for ``--search.fmax``).
+
+  Each alias gets the field's type and the default None, which means the config's value (named
+  in its help): the config stays the one source of defaults.  Fields without an alias are set
+  with ``--CONFIG.FIELD`` (:mod:`ml_collections.config_flags`).
+  """
+
+  _DEFINE = {
+    bool: flags.DEFINE_boolean,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    str: flags.DEFINE_string,
+  }
+
+  def __init__(
+    self,
+    config_flag: str,
+    config,
+    aliases: dict[str, tuple[str, str]],
+    *,
+    required: tuple[str, ...] = (),
+  ):
+    """Define the alias flags.
+
+    Args:
+      config_flag: name of the config flag (``search`` for ``--search.FIELD``).
+      config: the config's defaults (a ``ConfigDict``).
+      aliases: alias -> ``(field, help)``.
+      required: fields that must be given (as ``--FIELD`` or ``--CONFIG.FIELD``).
+    """
+    self.config_flag = config_flag
+    self.aliases = dict(aliases)
+    self.required = tuple(required)
+    self.holders = {}
+    for alias, (field, help_text) in self.aliases.items():
+      default = config[field]
+      define = self._DEFINE.get(type(default))
+      if define is None:
+        raise TypeError(f"--{alias}: config field {field} is a {type(default).__name__}")
+      where = f"Same as --{config_flag}.{field}"
+      if field not in self.required:
+        where += f" (default: {default!r})"
+      self.holders[alias] = define(alias, None, f"{help_text} {where}.")
+
+  def apply(self, config):
+    """``config`` (the parsed config flag's value) with the given aliases set; returns it.
+
+    Raises:
+      InputError: an alias and ``--CONFIG.FIELD`` disagree, or a required field is not given.
+    """
+    from ml_collections import config_flags
+
+    overridden = config_flags.get_override_values(flags.FLAGS[self.config_flag])
+    given = set(overridden)
+    for alias, (field, _) in self.aliases.items():
+      value = self.holders[alias].value
+      if value is None:
+        continue
+      if field in overridden and overridden[field] != value:
+        raise InputError(
+          f"--{alias}={value!r} and --{self.config_flag}.{field}={overridden[field]!r} "
+          "disagree; pass one of them"
+        )
+      config[field] = value
+      given.add(field)
+    for field in self.required:
+      if field not in given:
+        alias = next((a for a, (f, _) in self.aliases.items() if f == field), None)
+        name = alias or f"{self.config_flag}.{field}"
+        raise InputError(f"--{name} is required (e.g. --{name}={config[field]})")
+    return config
