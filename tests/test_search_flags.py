@@ -15,7 +15,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Parses a command line as `crystal-search search` does and prints the resulting config as JSON
 # (errors as `error: ...`, as the binary reports them).  EXTRA edits the config defaults first.
 _PARSE = """
-import sys
 from crystal_search import search
 
 _defaults = search.get_search_config
