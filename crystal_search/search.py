@@ -58,8 +58,15 @@ def get_search_config() -> ml_collections.ConfigDict:
   c.max_symmops = 6  # largest point-group order of a symmetric cell (AIRSS SYMMOPS)
   c.primitive_cells = False  # max_atoms counts primitive cells of centred groups too
   c.seed = 0
-  c.optimizer = "fire"  # relaxer update rule: "fire" (ASE's FIRE) or "damped" (the paper's)
-  c.fmax = 0.05  # eV/Å, convergence of the model relaxation
+  c.optimizer = "fire"  # relaxer update rule: "fire" (ASE's FIRE), "lbfgs" or "damped" (paper's)
+  c.fmax = 0.05  # eV/Å, convergence of the model relaxation (of the polish when screening)
+  # Screen, then polish: with the packaged models, the screening model relaxes every cell to
+  # screen_fmax, then the accurate model polishes the lowest polish_top_k distinct candidates
+  # within polish_window of the best to fmax.  "" relaxes every cell with the accurate model.
+  c.screen_model = "fast"  # packaged model name or model directory; "": no screening
+  c.screen_fmax = 0.1  # eV/Å (the paper's threshold)
+  c.polish_top_k = 16
+  c.polish_window = 0.1  # eV/atom above the best screened candidate
   c.smax = 1.0  # kBar
   c.max_steps = 600
   c.chunk_size = 256  # structures relaxed per call (what is kept on Ctrl-C)
@@ -92,6 +99,15 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   from crystal_search.random_structures import check_settings
 
   check_settings(generator_config(c))
+  if float(c.screen_fmax) < float(c.fmax):
+    raise InputError(
+      f"screen_fmax={c.screen_fmax} eV/Å is below fmax={c.fmax}: the screening threshold must "
+      "not be tighter than the polish's"
+    )
+  if int(c.polish_top_k) <= 0:
+    raise InputError(f"polish_top_k must be positive, got {c.polish_top_k}")
+  if not float(c.polish_window) > 0:
+    raise InputError(f"polish_window must be positive (eV/atom), got {c.polish_window}")
   if int(c.rescore_top_k) < 0:
     raise InputError(f"rescore_top_k must be >= 0, got {c.rescore_top_k}")
   if float(c.energy_window) < 0:
@@ -124,7 +140,8 @@ class Candidate:
   structure: Structure
   energy_per_atom: float  # eV/atom
   converged: bool
-  steps: int
+  steps: int  # relaxation steps (screening and polish together)
+  polished: bool = False  # relaxed again by the accurate model after screening
 
 
 @dataclasses.dataclass
@@ -154,6 +171,7 @@ def run_search(
   output_dir: str,
   energy_fn: Callable[[Sequence[Structure]], np.ndarray] | None = None,
   teacher=None,
+  screen_force_field=None,
   overwrite: bool = False,
   progress: bool = True,
 ) -> SearchResult:
@@ -161,109 +179,229 @@ def run_search(
 
   Args:
     config: see :func:`get_search_config`.
-    force_field: any :class:`~crystal_search.force_fields.base.ForceField` used to relax.
+    force_field: any :class:`~crystal_search.force_fields.base.ForceField` used to relax (with
+      ``screen_force_field``: to polish the screened candidates).
     output_dir: where the report goes (created; refused if it holds another run).
     energy_fn: structures → energies per atom (eV/atom) used for ranking; default: the
       energies the force field reports during relaxation (must then be finite).
     teacher: a force field for the optional re-relaxation of the top ``rescore_top_k``.
+    screen_force_field: a cheap force field that relaxes every random cell to
+      ``config.screen_fmax`` first; then the lowest ``polish_top_k`` distinct candidates within
+      ``polish_window`` of the best are relaxed by ``force_field`` to ``config.fmax``
+      (None: ``force_field`` relaxes every cell to ``config.fmax``).
     overwrite: replace a previous run in ``output_dir``.
     progress: show progress bars.
   """
-  from crystal_search import compositions, dedupe, metrics, random_structures, relax
-
-  validate_config(config)
-  composition = compositions.parse_composition(
-    config.composition, allowed_elements=force_field.elements
-  )
-  generator = generator_config(config)
-  # A cell size the composition cannot take, or symmetry no allowed cell size can have, is
-  # refused before anything is written.
-  random_structures.check_composition(composition, generator)
+  composition = _check_inputs(config, force_field, screen_force_field)
   prepare_output_dir(output_dir, overwrite=overwrite)
   wall: dict[str, float] = {}
-  interrupted = False
+  work = dict.fromkeys(RELAX_WORK, 0)
+  screening = screen_force_field is not None
 
+  structures = _timed(wall, "generate", _generate, composition, config, progress)
+  first_ff = screen_force_field if screening else force_field
+  fmax = float(config.screen_fmax if screening else config.fmax)
+  results, interrupted = _timed(
+    wall, "screen" if screening else "relax", _relax_all, structures, first_ff, config, fmax,
+    work, progress,
+  )  # fmt: skip
+  failures = Counter(r.failure_reason or "unknown" for r in results if r.failed)
+  candidates = _timed(wall, "energy", _candidates, results, energy_fn)
+  groups = _timed(wall, "dedupe", _group, candidates, config)
+  polish = {}
+  if screening and groups and not interrupted:
+    candidates, groups, polish = _timed(
+      wall, "polish", _polish, candidates, groups, force_field, energy_fn, config, work, progress
+    )
+  rescored = {}
+  if teacher is not None and int(config.rescore_top_k) > 0 and groups:
+    rescored = _timed(wall, "rescore", _rescore, candidates, groups, teacher, config, progress)
+  rows = _timed(wall, "report", _rows, candidates, groups, rescored, config, output_dir)
+  totals = {
+    "generated": len(structures),
+    "relaxed": len(results),
+    "converged": int(sum(r.converged and not r.failed for r in results)),
+    "failed": int(sum(r.failed for r in results)),
+    "failure_reasons": dict(failures),
+    "unique": len(groups),
+    "interrupted": interrupted,
+    "wall_time_s": dict(wall, total=sum(wall.values())),
+    "relax_work": work,
+    "force_field": _name(force_field),
+    "composition": config.composition,
+    "seed": int(config.seed),
+    # Every setting of the run (generator, relaxation, ranking), so a report says how it was made.
+    "settings": config.to_dict(),
+  }
+  if screening:
+    totals.update(screen_force_field=_name(screen_force_field), **polish)
+  result = SearchResult(rows=rows, totals=totals, candidates=candidates, groups=groups)
+  write_report(result, output_dir)
+  return result
+
+
+def _name(force_field) -> str:
+  return getattr(force_field, "name", type(force_field).__name__)
+
+
+def _timed(wall: dict, stage: str, fn: Callable, *args):
+  """``fn(*args)``, its wall time (s) added to ``wall[stage]``."""
   t0 = time.perf_counter()
-  structures = random_structures.generate(
+  out = fn(*args)
+  wall[stage] = wall.get(stage, 0.0) + time.perf_counter() - t0
+  return out
+
+
+def _check_inputs(config, force_field, screen_force_field):
+  """The parsed composition; one-line errors for settings, composition and cell sizes that
+  cannot work, before anything is written."""
+  from crystal_search import compositions, random_structures
+
+  validate_config(config)
+  elements = force_field.elements
+  if screen_force_field is not None:
+    elements = sorted(set(elements) & set(screen_force_field.elements))
+  composition = compositions.parse_composition(config.composition, allowed_elements=elements)
+  # A cell size the composition cannot take, or symmetry no allowed cell size can have.
+  random_structures.check_composition(composition, generator_config(config))
+  return composition
+
+
+def _generate(composition, config, progress: bool) -> list[Structure]:
+  from crystal_search import random_structures
+
+  return random_structures.generate(
     composition,
     int(config.num_structures),
     seed=int(config.seed),
-    config=generator,
+    config=generator_config(config),
     progress=progress,
   )
-  wall["generate"] = time.perf_counter() - t0
 
-  t0 = time.perf_counter()
+
+def _relax_all(structures, force_field, config, fmax: float, work: dict, progress: bool):
+  """``(results, interrupted)``: every structure relaxed to ``fmax`` (eV/Å) in chunks of
+  ``config.chunk_size``, the relaxer's counters added to ``work``; Ctrl-C keeps what finished."""
+  from crystal_search import relax
+
   results: list = []
-  relax_kwargs = dict(
-    optimizer=str(config.optimizer),
-    fmax=float(config.fmax),
-    smax=float(config.smax),
-    max_steps=int(config.max_steps),
-  )
-  trajectory_every = 1 if config.write_trajectories else 0
-  work = dict.fromkeys(RELAX_WORK, 0)
   try:
     for start in range(0, len(structures), int(config.chunk_size)):
-      chunk = structures[start : start + int(config.chunk_size)]
       stats: dict = {}
       results.extend(
         relax.relax_structures(
-          chunk,
+          structures[start : start + int(config.chunk_size)],
           force_field,
-          trajectory_every=trajectory_every,
+          trajectory_every=1 if config.write_trajectories else 0,
           progress=progress,
           stats=stats,
-          **relax_kwargs,
+          **_relax_kwargs(config, fmax),
         )
       )
       for key in RELAX_WORK:
         work[key] += int(stats[key])
   except KeyboardInterrupt:
-    interrupted = True
-  wall["relax"] = time.perf_counter() - t0
+    return results, True
+  return results, False
 
-  failures = Counter(r.failure_reason or "unknown" for r in results if r.failed)
-  ok = [(i, r) for i, r in enumerate(results) if not r.failed]
 
-  t0 = time.perf_counter()
-  finals = [r.final for _, r in ok]
-  if energy_fn is not None and finals:
-    e_atom = np.asarray(energy_fn(finals), np.float64)
+def _relax_kwargs(config, fmax: float) -> dict:
+  return dict(
+    optimizer=str(config.optimizer),
+    fmax=fmax,
+    smax=float(config.smax),
+    max_steps=int(config.max_steps),
+  )
+
+
+def _energies(structures, energy_fn, results) -> np.ndarray:
+  """eV/atom of ``structures`` from ``energy_fn``, or from the relaxer's ``results``."""
+  if energy_fn is not None and structures:
+    e_atom = np.asarray(energy_fn(structures), np.float64)
   else:
-    e_atom = np.asarray([r.energy / len(r.final) for _, r in ok], np.float64)
-  if finals and not np.all(np.isfinite(e_atom)):
+    e_atom = np.asarray([r.energy / len(r.final) for r in results], np.float64)
+  if structures and not np.all(np.isfinite(e_atom)):
     bad = int(np.sum(~np.isfinite(e_atom)))
     raise InputError(f"{bad} relaxed structures have no finite energy; pass an energy model")
-  candidates = [
+  return e_atom
+
+
+def _candidates(results, energy_fn) -> list[Candidate]:
+  """The relaxations that did not fail, with their energies per atom; failed ones are dropped."""
+  ok = [(i, r) for i, r in enumerate(results) if not r.failed]
+  e_atom = _energies([r.final for _, r in ok], energy_fn, [r for _, r in ok])
+  return [
     Candidate(i, r.final, float(e), bool(r.converged), int(r.steps))
     for (i, r), e in zip(ok, e_atom, strict=True)
   ]
-  wall["energy"] = time.perf_counter() - t0
 
-  t0 = time.perf_counter()
+
+def _group(candidates, config) -> list[list[int]]:
+  """Groups of identical candidates (indices), each lowest energy first, ordered by energy."""
+  from crystal_search import dedupe
+
   groups = dedupe.group_structures(
     [c.structure for c in candidates],
     [c.energy_per_atom for c in candidates],
     energy_window=float(config.energy_window),
     symprec=float(config.symprec),
   )
-  groups = sorted(groups, key=lambda g: candidates[g[0]].energy_per_atom)
-  wall["dedupe"] = time.perf_counter() - t0
+  return sorted(groups, key=lambda g: candidates[g[0]].energy_per_atom)
 
-  rescored: dict[int, float] = {}
-  if teacher is not None and int(config.rescore_top_k) > 0 and groups:
-    t0 = time.perf_counter()
-    top = [candidates[g[0]] for g in groups[: int(config.rescore_top_k)]]
-    again = relax.relax_structures(
-      [c.structure for c in top], teacher, progress=progress, **relax_kwargs
-    )
-    for g, r in zip(groups, again, strict=False):
-      if not r.failed:
-        rescored[g[0]] = r.energy / len(r.final)
-    wall["rescore"] = time.perf_counter() - t0
 
-  t0 = time.perf_counter()
+def _polish(candidates, groups, force_field, energy_fn, config, work, progress):
+  """Relax the lowest ``polish_top_k`` distinct screened candidates within ``polish_window``
+  eV/atom of the best with the accurate ``force_field`` to ``config.fmax``; polished
+  representatives replace the screened ones (a polish that fails keeps the screened structure,
+  marked unpolished) and groups that polish into the same structure merge.
+
+  Returns ``(candidates, groups, counts)`` with ``counts`` for the report's totals.
+  """
+  best = candidates[groups[0][0]].energy_per_atom
+  chosen = [
+    g[0]
+    for g in groups[: int(config.polish_top_k)]
+    if candidates[g[0]].energy_per_atom - best <= float(config.polish_window)
+  ]
+  results, _ = _relax_all(
+    [candidates[i].structure for i in chosen], force_field, config, float(config.fmax), work,
+    progress,
+  )  # fmt: skip
+  done = [(i, r) for i, r in zip(chosen, results, strict=True) if not r.failed]
+  energies = _energies([r.final for _, r in done], energy_fn, [r for _, r in done])
+  candidates = list(candidates)
+  for (i, r), e in zip(done, energies, strict=True):
+    old = candidates[i]
+    candidates[i] = Candidate(old.index, r.final, float(e), bool(r.converged), old.steps + r.steps)
+    candidates[i].polished = True
+  reps = [g[0] for g in groups]
+  merged = _group([candidates[i] for i in reps], config)
+  groups = [sorted(sum((groups[j] for j in m), []), key=lambda i: i != reps[m[0]]) for m in merged]
+  counts = {
+    "polished": len(chosen),
+    "polished_converged": int(sum(r.converged and not r.failed for r in results)),
+    "polish_failed": int(sum(r.failed for r in results)),
+  }
+  return candidates, groups, counts
+
+
+def _rescore(candidates, groups, teacher, config, progress) -> dict[int, float]:
+  """Teacher energies (eV/atom) of the top ``rescore_top_k`` representatives, re-relaxed."""
+  from crystal_search import relax
+
+  top = [candidates[g[0]] for g in groups[: int(config.rescore_top_k)]]
+  again = relax.relax_structures(
+    [c.structure for c in top], teacher, progress=progress, **_relax_kwargs(config, config.fmax)
+  )
+  return {
+    g[0]: r.energy / len(r.final) for g, r in zip(groups, again, strict=False) if not r.failed
+  }
+
+
+def _rows(candidates, groups, rescored, config, output_dir) -> list[dict]:
+  """The report's table, one row per group, and its representative's CIF written."""
+  from crystal_search import metrics
+
   references = metrics.load_reference_phases()
   best = candidates[groups[0][0]].energy_per_atom if groups else float("nan")
   os.makedirs(os.path.join(output_dir, "structures"), exist_ok=True)
@@ -283,31 +421,13 @@ def run_search(
       "count": len(g),
       "known_phase": metrics.known_phase(c.structure, references),
       "converged": c.converged,
+      "polished": c.polished,
       "cif": cif,
     }
     if g[0] in rescored:
       row["teacher_energy_per_atom"] = rescored[g[0]]
     rows.append(row)
-  wall["report"] = time.perf_counter() - t0
-  totals = {
-    "generated": len(structures),
-    "relaxed": len(results),
-    "converged": int(sum(r.converged and not r.failed for r in results)),
-    "failed": int(sum(r.failed for r in results)),
-    "failure_reasons": dict(failures),
-    "unique": len(groups),
-    "interrupted": interrupted,
-    "wall_time_s": dict(wall, total=sum(wall.values())),
-    "relax_work": work,
-    "force_field": getattr(force_field, "name", type(force_field).__name__),
-    "composition": config.composition,
-    "seed": int(config.seed),
-    # Every setting of the run (generator, relaxation, ranking), so a report says how it was made.
-    "settings": config.to_dict(),
-  }
-  result = SearchResult(rows=rows, totals=totals, candidates=candidates, groups=groups)
-  write_report(result, output_dir)
-  return result
+  return rows
 
 
 def _work_line(work: dict) -> str:
@@ -342,16 +462,28 @@ def write_report(result: SearchResult, output_dir: str) -> None:
     "",
     "Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t["wall_time_s"].items()),
     "",
+  ]
+  if "screen_force_field" in t:
+    s = t["settings"]
+    lines += [
+      f"Screened with {t['screen_force_field']} to {s['screen_fmax']} eV/Å, then polished the "
+      f"{t.get('polished', 0)} lowest distinct candidates with {t['force_field']} to {s['fmax']} "
+      f"eV/Å ({t.get('polished_converged', 0)} converged, {t.get('polish_failed', 0)} failed); "
+      "unpolished rows are screening results.",
+      "",
+    ]
+  lines += [
     _work_line(t["relax_work"]),
     "",
-    "| rank | formula | E (eV/atom) | ΔE (eV/atom) | V (Å³/atom) | space group | count | known phase |",
-    "|---:|---|---:|---:|---:|---|---:|---|",
+    "| rank | formula | E (eV/atom) | ΔE (eV/atom) | V (Å³/atom) | space group | count | known phase "
+    "| polished |",
+    "|---:|---|---:|---:|---:|---|---:|---|---|",
   ]
   for r in result.rows:
     lines.append(
       f"| {r['rank']} | {r['formula_cell']} | {r['energy_per_atom']:.4f} | "
       f"{r['delta_energy_per_atom']:.4f} | {r['volume_per_atom']:.2f} | {r['space_group']} | "
-      f"{r['count']} | {r['known_phase'] or ''} |"
+      f"{r['count']} | {r['known_phase'] or ''} | {'yes' if r.get('polished') else ''} |"
     )
   with open(os.path.join(output_dir, "summary.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -391,6 +523,16 @@ def plot_energy_volume(result: SearchResult, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def load_screen_force_field(name: str, *, model: str | None = None):
+  """The screening force field for ``search.screen_model`` (a packaged name or a model
+  directory), or None for ``""`` or when it is the polishing ``model`` itself."""
+  from crystal_search.force_fields.registry import make_force_field
+
+  if not name or name == model:
+    return None
+  return make_force_field("model", model=name)
 
 
 def load_force_field(

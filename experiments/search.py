@@ -51,8 +51,8 @@ ALIASES: dict[str, tuple[str, str]] = {
   "seed": ("seed", "Random seed."),
   "optimizer": (
     "optimizer",
-    "Relaxer update rule: fire (ASE's FIRE on positions and cell strain, fewer steps) or "
-    "damped (the paper's VASP IBRION=3 steepest descent, SMASS=2, POTIM=0.4).",
+    "Relaxer update rule: fire (ASE's FIRE on positions and cell strain), lbfgs (ASE's L-BFGS "
+    "on the same coordinates) or damped (the paper's VASP IBRION=3 steepest descent).",
   ),
   "fmax": ("fmax", "Force convergence (eV/Å)."),
   "max_steps": ("max_steps", "Step cap per relaxation."),
@@ -90,6 +90,10 @@ def search_config():
   return _ALIASES.apply(_SEARCH.value)
 
 
+def _flag_present(name: str) -> bool:
+  return name in flags.FLAGS and flags.FLAGS[name].present
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -100,12 +104,19 @@ def main(argv: list[str]) -> None:
     _FORCE_FIELD.value, model=_MODEL.value, energy_model=_ENERGY_MODEL.value
   )
   teacher = search.load_force_field("chgnet")[0] if config.rescore_top_k > 0 else None
+  # Screening goes with the packaged models; --model alone (or another force field) relaxes
+  # every cell with that one model unless --search.screen_model is given too.
+  screen = config.screen_model
+  if _FORCE_FIELD.value != "model" or (_MODEL.value and not _flag_present("search.screen_model")):
+    screen = ""
+  screen_ff = search.load_screen_force_field(screen, model=_MODEL.value)
   # run_search validates the config and parses the composition (for the force field's elements).
   result = search.run_search(
     config,
     force_field=force_field,
     energy_fn=energy_fn,
     teacher=teacher,
+    screen_force_field=screen_ff,
     output_dir=_OUT.value,
     overwrite=_OVERWRITE.value,
     progress=not _QUIET.value,

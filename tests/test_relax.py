@@ -747,3 +747,22 @@ def test_pair_potential_multi_image_sum_matches_brute_force():
   np.testing.assert_allclose(float(out.energy[0]), e_ref, rtol=1e-4, atol=1e-4)
   # A too-small image range is flagged, never silently wrong.
   assert bool(ff(c).overflow[0])
+
+
+def test_a_cell_whose_neighbour_capacity_cannot_be_met_fails_alone():
+  """A strongly skewed 8 Å^3 cell keeps overflowing the network's image range: it is failed as
+  ``capacity`` (or by an earlier check) while the other structure of the batch relaxes."""
+  from pymatgen.core import Lattice, Structure
+
+  from crystal_search.force_fields.registry import make_force_field
+
+  skewed = Structure(
+    Lattice([[8, 0, 0], [7.9, 1, 0], [7.9, 0.9, 1]]),
+    ["Li", "Si", "Li", "Si"],
+    [[f, f, f] for f in (0, 0.25, 0.5, 0.75)],
+  )
+  good = Structure(Lattice.cubic(3.0), ["Li", "Si"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+  ff = make_force_field("model", model="fast")
+  bad, ok = relax.relax_structures([skewed, good], ff, max_steps=5, max_retries=1)
+  assert bad.failed and bad.failure_reason in relax.FAILURE_REASONS[1:]
+  assert not ok.failed and ok.steps > 0

@@ -236,3 +236,54 @@ def test_ctrl_c_keeps_what_finished_and_says_so(tmp_path, morse_ff, monkeypatch)
   assert totals["generated"] == 6 and totals["relaxed"] == 4
   assert "cut short" in open(os.path.join(out, "summary.md")).read()
   assert len(os.listdir(os.path.join(out, "structures"))) == totals["unique"] >= 1
+
+
+def test_screen_then_polish_relaxes_the_lowest_candidates_again(tmp_path, morse_ff):
+  """Every cell screened to screen_fmax by one force field; the lowest polish_top_k distinct
+  candidates polished by the other to fmax; groups and counts stay consistent."""
+  screen = morse(sigma=2.6, epsilon=0.3, alpha=1.4, elements=("Li", "Si"))
+  config = _config(num_structures=8, screen_fmax=0.3, polish_top_k=3, polish_window=1.0)
+  out = str(tmp_path / "run")
+  result = search.run_search(
+    config, force_field=morse_ff, screen_force_field=screen, output_dir=out, progress=False
+  )
+  t = result.totals
+  assert 1 <= t["polished"] <= 3
+  assert t["polished_converged"] + t["polish_failed"] <= t["polished"]
+  assert {"screen", "polish"} <= set(t["wall_time_s"]) and "relax" not in t["wall_time_s"]
+  rows = result.rows
+  assert sum(r["count"] for r in rows) == t["relaxed"] - t["failed"]
+  polished = [c for c in result.candidates if c.polished]
+  assert len(polished) == t["polished"] - t["polish_failed"]
+  for c in polished:  # polished to the tighter threshold: forces below fmax under morse_ff
+    (again,) = relax_once(c.structure, morse_ff)
+    assert again.max_force < 0.05 + 1e-3
+  assert any(r["polished"] for r in rows) and rows[0]["polished"]
+  md = open(os.path.join(out, "summary.md")).read()
+  assert "Screened with" in md and "| polished |" in md
+
+
+def relax_once(structure, force_field):
+  from crystal_search import relax
+
+  return relax.relax_structures([structure], force_field, max_steps=1, fmax=1e9, smax=1e9)
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (dict(screen_fmax=0.01), "screen_fmax"),
+    (dict(polish_top_k=0), "polish_top_k"),
+    (dict(polish_window=0.0), "polish_window"),
+  ],
+)
+def test_impossible_screening_settings_are_one_line_errors(tmp_path, morse_ff, overrides, message):
+  with pytest.raises(InputError, match=message):
+    search.run_search(
+      _config(**overrides),
+      force_field=morse_ff,
+      screen_force_field=morse_ff,
+      output_dir=str(tmp_path / "x"),
+      progress=False,
+    )
+  assert not os.path.exists(tmp_path / "x")

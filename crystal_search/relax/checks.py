@@ -9,9 +9,17 @@ from ase.data import covalent_radii
 
 from crystal_search.crystals import Crystals, cell_heights
 
-#: Failure codes (index) and their reason strings; 0 means no failure.
-FAILURE_REASONS: tuple[str | None, ...] = (None, "nan", "volume", "overlap", "cell_collapse")
-_NAN, _VOLUME, _OVERLAP, _COLLAPSE = 1, 2, 3, 4
+#: Failure codes (index) and their reason strings; 0 means no failure.  ``capacity``: the force
+#: field's neighbour capacity still overflowed after ``max_retries`` growths (set by the driver).
+FAILURE_REASONS: tuple[str | None, ...] = (
+  None,
+  "nan",
+  "volume",
+  "overlap",
+  "cell_collapse",
+  "capacity",
+)
+_NAN, _VOLUME, _OVERLAP, _COLLAPSE, _CAPACITY = 1, 2, 3, 4, 5
 
 #: Å, covalent radius by atomic number (``ase.data.covalent_radii``; index 0 unused).
 _COVALENT_RADII = np.asarray(covalent_radii, np.float32)

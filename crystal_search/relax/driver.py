@@ -20,7 +20,7 @@ from pymatgen.core import Lattice, Structure
 from crystal_search import crystals as crystals_lib
 from crystal_search.crystals import Crystals
 from crystal_search.errors import InputError
-from crystal_search.relax.checks import FAILURE_REASONS
+from crystal_search.relax.checks import _CAPACITY, FAILURE_REASONS
 from crystal_search.relax.config import DynamicsParams, make_config
 from crystal_search.relax.dynamics import _host_eval, move, observe
 from crystal_search.relax.state import (
@@ -404,10 +404,7 @@ class _Driver:
       if attempt < int(self.cfg.max_retries):
         self.info["retries"] += 1
         self.force_field = self.force_field.grow()
-    name = getattr(self.force_field, "name", "force field")
-    raise RuntimeError(
-      f"{name}: neighbour capacity still overflows after {self.cfg.max_retries} growths"
-    )
+    return _fail_overflowing(new_state), jax.tree_util.tree_map(np.asarray, dev_traj)
 
   def run_bucket(self, structures, order, width, results, *, batch_size, bar) -> None:
     cfg, params, every = self.cfg, self.params, self.every
@@ -486,6 +483,25 @@ class _Driver:
           slot_of = [slot_of[s] for s in keep]
           b = size
           self.info["compactions"] += 1
+
+
+def _fail_overflowing(state):
+  """Numpy ``state`` with the structures that still overflow failed as ``"capacity"``, back at
+  their last good configuration; the others go on."""
+  bad = np.asarray(state.overflow)
+  back = (bad & np.asarray(state.moving))[:, None, None]
+  c = state.crystals
+  return state.replace(
+    crystals=c.replace(
+      positions=np.where(back, state.previous_positions, c.positions),
+      lattice=np.where(back, state.previous_lattice, c.lattice),
+    ),
+    failed=np.asarray(state.failed) | bad,
+    failure_code=np.where(bad, _CAPACITY, state.failure_code).astype(np.int32),
+    fresh=np.asarray(state.fresh) & ~bad,
+    moving=np.asarray(state.moving) & ~bad,
+    overflow=np.zeros_like(bad),
+  )
 
 
 def compact_size(live: int, num_devices: int = 1) -> int:
