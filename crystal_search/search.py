@@ -58,7 +58,7 @@ def get_search_config() -> ml_collections.ConfigDict:
   c.max_symmops = 6  # largest point-group order of a symmetric cell (AIRSS SYMMOPS)
   c.primitive_cells = False  # max_atoms counts primitive cells of centred groups too
   c.seed = 0
-  c.optimizer = "fire"  # relaxer update rule: "fire" (ASE's FIRE), "lbfgs" or "damped" (paper's)
+  c.optimizer = "lbfgs"  # relaxer update rule: "lbfgs", "fire" (ASE's FIRE) or "damped" (paper's)
   c.fmax = 0.05  # eV/Å, convergence of the model relaxation (of the polish when screening)
   # Screen, then polish: with the packaged models, the screening model relaxes every cell to
   # screen_fmax, then the accurate model polishes the lowest polish_top_k distinct candidates

@@ -250,7 +250,7 @@ def _our_path(structure, steps, **kwargs):
 def test_lbfgs_positions_follow_ase_lbfgs_step_by_step():
   """Fixed cell: our batched L-BFGS is ASE's LBFGS (same defaults), to float32 precision."""
   s = _perturbed_fcc(3, supercell=(2, 1, 1), displacement=0.3)
-  ours = _our_path(s, 25, optimizer="lbfgs", relax_cell=False)
+  ours = _our_path(s, 25, optimizer="lbfgs", lbfgs_scaling=False, relax_cell=False)
   theirs = _ase_lbfgs_path(s, 25)
   assert np.abs(theirs[-1][0] - theirs[0][0]).max() > 0.05  # the atoms really move (Å)
   for (p, _), (q, _) in zip(ours, theirs):
@@ -262,7 +262,7 @@ def test_lbfgs_cell_follows_ase_lbfgs_with_the_frechet_cell_filter():
   from ase.filters import FrechetCellFilter
 
   s = _perturbed_fcc(3, supercell=(2, 1, 1), displacement=0.2, strain=0.06)
-  ours = _our_path(s, 15, optimizer="lbfgs")
+  ours = _our_path(s, 15, optimizer="lbfgs", lbfgs_scaling=False)
   theirs = _ase_lbfgs_path(s, 15, cell_filter=FrechetCellFilter)
   assert np.abs(theirs[-1][1] - s.lattice.matrix).max() > 0.05  # the cell really relaxes (Å)
   for (p, cell), (q, cell_ase) in zip(ours, theirs):
@@ -570,7 +570,7 @@ def test_compaction_moves_the_slow_tail_into_smaller_batches_with_the_same_resul
   settings = dict(TIGHT, potim=0.1, trajectory_every=2, chunk_steps=5)
   whole, compacted = {}, {}
   ref = relax.relax_structures(structures, ff, compact=False, stats=whole, **settings)
-  out = relax.relax_structures(structures, ff, stats=compacted, **settings)
+  out = relax.relax_structures(structures, ff, stats=compacted, compact_factor=2, **settings)
   steps = sorted(r.steps for r in ref)
   assert steps[0] + 50 < steps[-1], steps  # the premise: an uneven batch
   assert whole["compactions"] == 0 and whole["batch_sizes"] == {8: 8}
@@ -766,3 +766,14 @@ def test_a_cell_whose_neighbour_capacity_cannot_be_met_fails_alone():
   bad, ok = relax.relax_structures([skewed, good], ff, max_steps=5, max_retries=1)
   assert bad.failed and bad.failure_reason in relax.FAILURE_REASONS[1:]
   assert not ok.failed and ok.steps > 0
+
+
+def test_automatic_batch_sizes_are_powers_of_two_and_compaction_skips_small_steps():
+  """6 structures of one bucket run in 4 slots (in flight); with the default compact_factor 4 a
+  tail of 4 slots only compacts to 1, so every batch size used is 4 or 1."""
+  structures = [_perturbed_fcc(80 + k, displacement=0.02 + 0.05 * k) for k in range(6)]
+  stats = {}
+  results = relax.relax_structures(structures, LJ, stats=stats, chunk_steps=5, **TIGHT)
+  assert stats["batch_sizes"] == {8: 4}
+  assert stats["compactions"] <= 1 and stats["compiles"] == 1 + stats["compactions"]
+  assert all(r.converged for r in results)

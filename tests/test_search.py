@@ -115,15 +115,15 @@ def test_bad_numbers(tmp_path, morse_ff):
 
 
 def test_the_optimizer_setting_reaches_the_relaxer(tmp_path, morse_ff):
-  """The search relaxes with FIRE by default; ``optimizer='damped'`` is the paper's rule."""
+  """The search relaxes with L-BFGS by default; ``fire`` is ASE's FIRE, ``damped`` the paper's rule."""
   from crystal_search import compositions, random_structures, relax
 
-  assert search.get_search_config().optimizer == "fire"
+  assert search.get_search_config().optimizer == "lbfgs"
   c = _config(num_structures=3)
   cells = random_structures.generate(
     compositions.parse_composition("LiSi"), 3, seed=0, config=search.generator_config(c)
   )
-  for optimizer in ("fire", "damped"):
+  for optimizer in ("lbfgs", "fire", "damped"):
     out = tmp_path / optimizer
     result = search.run_search(
       _config(num_structures=3, optimizer=optimizer),

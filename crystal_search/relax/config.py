@@ -33,6 +33,9 @@ def get_relax_config() -> ml_collections.ConfigDict:
       structure (ASE's ``maxstep``, default 0.2).
     lbfgs_memory: step pairs L-BFGS keeps (ASE's ``memory``, default 100).
     lbfgs_alpha: eV/Å², L-BFGS's initial Hessian ``alpha * I`` (ASE's ``alpha``, default 70).
+    lbfgs_scaling: scale the initial inverse Hessian by ``s.y / y.y`` of the newest pair at each
+      step (Nocedal & Wright's choice: half FIRE's steps on the search's cells with the packaged
+      models); False: ``1 / lbfgs_alpha`` throughout, exactly ASE's LBFGS.
     lbfgs_max_step: Å, L-BFGS's cap on the longest row of a step (the atoms and the three strain
       rows ``u``; ASE's ``maxstep``, default 0.2).
     fmax: eV/Å, convergence on the largest atomic force norm.
@@ -52,7 +55,10 @@ def get_relax_config() -> ml_collections.ConfigDict:
       power-of-two batch (times the device count), move them into the smallest that holds
       them, so finished slots stop costing force evaluations (jittable force fields; each
       new size compiles once per process, or loads from the compilation cache).
-    memory_budget_mb: MB per batch used to choose the batch size.
+    compact_factor: compact only into a batch at least this many times smaller (each new
+      batch size is one more compilation; 2 follows the tail closely, 4 compiles half as often).
+    memory_budget_mb: MB per batch used to choose the batch size (rounded down to a power of
+      two per device, so that shapes recur between calls).
     max_batch_size: upper bound on the batch size.
     max_retries: force-field capacity growths allowed per chunk (overflow).
   """
@@ -69,6 +75,7 @@ def get_relax_config() -> ml_collections.ConfigDict:
   c.lbfgs_memory = 100
   c.lbfgs_alpha = 70.0
   c.lbfgs_max_step = 0.2
+  c.lbfgs_scaling = True
   c.fmax = 0.05
   c.smax = 5.0
   c.max_steps = 300
@@ -83,6 +90,7 @@ def get_relax_config() -> ml_collections.ConfigDict:
   c.chunk_steps = 25
   c.in_flight = True
   c.compact = True
+  c.compact_factor = 4
   c.memory_budget_mb = 1024
   c.max_batch_size = 256
   c.max_retries = 8
@@ -117,6 +125,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   need(c.optimizer in OPTIMIZERS, "optimizer", " or ".join(repr(o) for o in OPTIMIZERS))
   need(c.fire_dt <= c.fire_dt_max, "fire_dt", f"<= fire_dt_max = {c.fire_dt_max}")
   need(_finite(c.smass) and 0.0 <= c.smass <= 2.0, "smass", "in [0, 2] (2 = steepest descent)")
+  need(_is_int(c.compact_factor) and c.compact_factor >= 2, "compact_factor", "an integer >= 2")
   for field in ("max_steps", "chunk_steps", "max_batch_size", "lbfgs_memory"):
     need(_is_int(c[field]) and c[field] >= 1, field, "an integer >= 1")
   need(_is_int(c.trajectory_every) and c.trajectory_every >= 0, "trajectory_every", ">= 0")
@@ -191,6 +200,7 @@ class DynamicsParams:
   lbfgs_memory: int = _DEFAULTS.lbfgs_memory
   lbfgs_alpha: float = _DEFAULTS.lbfgs_alpha
   lbfgs_max_step: float = _DEFAULTS.lbfgs_max_step
+  lbfgs_scaling: bool = _DEFAULTS.lbfgs_scaling
   fmax: float = _DEFAULTS.fmax
   smax: float = _DEFAULTS.smax
   max_steps: int = _DEFAULTS.max_steps

@@ -425,6 +425,8 @@ class _Driver:
         num_devices=d,
       )
     b = min(b, int(math.ceil(len(order) / d) * d))
+    if batch_size is None:  # a power of two per device: the same shapes recur between calls
+      b = d * (1 << ((b // d).bit_length() - 1))
     self.info["batch_sizes"][width] = b
     in_flight = cfg.in_flight and len(order) > b
     compact = bool(cfg.compact) and self.jittable and b > d
@@ -476,7 +478,7 @@ class _Driver:
       if compact and not queue:
         live = [s for s in range(b) if slot_of[s] is not None]
         size = compact_size(len(live), d)
-        if live and size < b:
+        if live and size * int(cfg.compact_factor) <= b:
           spare = [s for s in range(b) if slot_of[s] is None][: size - len(live)]
           keep = live + spare
           state, traj = _take_slots(state, traj, keep)

@@ -118,7 +118,8 @@ def _lbfgs_update(state: RelaxState, params: DynamicsParams):
   coordinates ``x = [atoms (Å), u = N eps]`` of :func:`generalised_forces`.
 
   With ``g = -f``, the stored pairs ``s_k`` (steps) and ``y_k`` (gradient changes) and the
-  initial inverse Hessian ``I / alpha``, the two-loop recursion gives ``z ~ H^-1 g`` and the
+  initial inverse Hessian ``I / alpha`` (with ``lbfgs_scaling``: ``(s.y / y.y) I`` of the newest
+  pair, Nocedal & Wright eq. 7.20), the two-loop recursion gives ``z ~ H^-1 g`` and the
   step ``-z``, scaled so that its longest row (an atom's step, or a row of the strain
   coordinates) is at most ``lbfgs_max_step`` Å.  A pair with ``y . s <= 0`` (negative curvature,
   which ASE would keep) is not stored.  Returns ``(s_ion, s_cell, step_ion, strain, lbfgs)``:
@@ -160,7 +161,12 @@ def _lbfgs_update(state: RelaxState, params: DynamicsParams):
     return z + hist_s[:, k] * (a[:, k] - b_k)[:, None]
 
   q, a = jax.lax.fori_loop(0, m, backward, (-f, jnp.zeros((b, m), f.dtype)))
-  z = jax.lax.fori_loop(0, m, forward, q / params.lbfgs_alpha)
+  h0 = jnp.full((b,), 1.0 / params.lbfgs_alpha, f.dtype)
+  if params.lbfgs_scaling and m:  # Nocedal & Wright's H0 = s.y / y.y of the newest pair
+    yy = jnp.sum(hist_y[:, -1] * hist_y[:, -1], axis=1)
+    has = rho[:, -1] > 0
+    h0 = jnp.where(has, 1.0 / jnp.where(has, rho[:, -1] * yy, 1.0), h0)
+  z = jax.lax.fori_loop(0, m, forward, q * h0[:, None])
   step = -z
   rows = jnp.concatenate([step[:, : 3 * n].reshape(b, n, 3), step[:, 3 * n :].reshape(b, 3, 3)], 1)
   longest = jnp.max(jnp.linalg.norm(rows, axis=-1), axis=-1)
