@@ -64,6 +64,27 @@ def test_protocol_outputs_and_grow(model):
   np.testing.assert_allclose(grown(batch).forces, out.forces, atol=1e-5)
 
 
+def test_sized_for_fits_the_batch_on_a_coarse_grid_and_gives_the_same_answer(model):
+  batch, config, variables = model
+  need = graphs.required_capacity(batch, config.cutoff)
+  ff = model_ff.ModelForceField(config, variables, capacity=4 * need)
+  sized = ff.sized_for(batch)
+  assert (
+    need
+    < sized.capacity
+    <= max(model_ff.CAPACITY_QUANTUM, 1.2 * model_ff.CAPACITY_MARGIN * need + 8)
+  )
+  assert sized is ff.sized_for(batch)  # the same object: its compiled programs are reused
+  assert sized.capacity == model_ff.capacity_for(batch, config.cutoff)
+  out, ref = sized(batch), ff(batch)
+  assert not np.any(out.overflow)
+  np.testing.assert_allclose(out.forces, ref.forces, atol=1e-5)
+  np.testing.assert_allclose(out.stress, ref.stress, atol=1e-4)
+  # The grid: capacities of similar batches coincide.
+  grid = {model_ff.capacity_for(batch, config.cutoff * (1 + 1e-4 * k)) for k in range(5)}
+  assert len(grid) == 1
+
+
 def test_new_instance_same_shapes_does_not_recompile(model):
   batch, config, variables = model
   ff = model_ff.ModelForceField(config, variables, capacity=300)

@@ -40,19 +40,21 @@ def default_capacity(max_atoms: int) -> int:
 
 
 #: :func:`capacity_for` sizes the edge capacity to this margin over the largest edge count of the
-#: structures it is given (cells that shrink while relaxing gain edges), rounded up to a
-#: multiple of :data:`CAPACITY_QUANTUM` (fewer distinct compiled shapes).
-CAPACITY_MARGIN = 1.3
+#: structures it is given (cells that shrink while relaxing gain edges), rounded up to the grid
+#: ``CAPACITY_QUANTUM * 2**(k/4)``: the same few shapes recur between calls (fewer compilations).
+CAPACITY_MARGIN = 1.2
 CAPACITY_QUANTUM = 128
 
 
 def capacity_for(crystals: Crystals, cutoff: float, *, margin: float = CAPACITY_MARGIN) -> int:
   """Edges per structure for a batch of ``crystals``: ``margin`` times the largest directed edge
-  count within ``cutoff`` Å (periodic images included), rounded up to :data:`CAPACITY_QUANTUM`."""
+  count within ``cutoff`` Å (periodic images included), rounded up to the grid
+  ``CAPACITY_QUANTUM * 2**(k/4)`` (k >= 0) and to a multiple of 8."""
   from crystal_search import graphs
 
-  need = margin * graphs.required_capacity(crystals, cutoff)
-  return int(CAPACITY_QUANTUM * max(1, math.ceil(need / CAPACITY_QUANTUM)))
+  need = margin * graphs.required_capacity(crystals, cutoff) / CAPACITY_QUANTUM
+  k = max(0, math.ceil(4 * math.log2(max(need, 1.0)) - 1e-9))
+  return int(8 * math.ceil(CAPACITY_QUANTUM * 2 ** (k / 4) / 8))
 
 
 #: Force fields made by ``sized_for``, kept so that the same capacity gives the same object
