@@ -109,3 +109,17 @@ def test_train_large_runs_its_stages_and_packs_their_models(tmp_path, stages):
   with tarfile.open(out / "pretrained_large.tgz") as tar:
     names = tar.getnames()
   assert "pretrained_large/model/model.json" in names and "pretrained_large/metrics.csv" in names
+
+
+def test_relax_gpu_script_dry_runs_on_the_cpu(tmp_path):
+  """The GPU relaxation benchmark, as the device call runs it, on 2 cells for 3 steps."""
+  env = dict(os.environ, OUT=str(tmp_path), WHEELS="", STARTS="", EXTRA="--num=2 --max_steps=3")
+  out = subprocess.run(
+    ["bash", "scripts/device/relax_gpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True
+  )
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  report = json.load(open(tmp_path / "gpu_relax.json"))
+  assert report["cells"] == 2 and set(report["settings"]) == {"screen", "polish"}
+  for s in report["settings"].values():
+    assert s["relaxations_per_hour"] > 0 and s["converged"] + s["failed"] <= 2
+  assert (tmp_path / "gpu_relax.md").exists() and (tmp_path / "log.txt").exists()

@@ -58,8 +58,13 @@ def test_protocol_outputs_and_grow(model):
   # Too small a capacity: flagged; grow() makes it fit and gives the same answer.
   small = model_ff.ModelForceField(config, variables, capacity=need // 2 + 1)
   assert np.any(small(batch).overflow)
+  before = hash(small.config)
   grown = small.grow()
   assert grown.capacity == 2 * small.capacity and grown.config.max_images == config.max_images + 1
+  # The original's config is untouched (its hash keys the compiled programs) and growing again
+  # gives the same object (no new compilation).
+  assert hash(small.config) == before and small.config.max_images == config.max_images
+  assert small.grow() is grown
   assert not np.any(grown(batch).overflow)
   np.testing.assert_allclose(grown(batch).forces, out.forces, atol=1e-5)
 

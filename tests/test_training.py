@@ -291,9 +291,9 @@ def test_config_values_of_the_paper():
   edge = _config("stress_heads", "corner,edge")
   assert (edge.model.force_head, edge.model.stress_head) == ("edge", "corner")
   assert edge.model.edge_inputs == "vector"
-  # The models shipped before differ from the shipped config (5 Å, 6 blocks, 16 vector
-  # channels) in its vectors (sessions 10-11), also its blocks (session 9), and also its cutoff
-  # (sessions 7-8); the other variants keep 4 Å, 4 blocks and no vectors.
+  # The earlier variants differ from the `pretrained` config (5 Å, 6 blocks, 16 vector
+  # channels) in its vectors (`blocks6`), also its blocks (`blocks4`), and also its cutoff
+  # (`cutoff4`); the other variants keep 4 Å, 4 blocks and no vectors.
   shipped = _config("pretrained").to_dict()
   blocks6, blocks4, cutoff4 = (
     _config("pretrained", v).to_dict() for v in ("blocks6", "blocks4", "cutoff4")
@@ -699,8 +699,8 @@ def test_shipped_models_come_from_their_committed_configs_and_data(
 
 
 def test_the_committed_large_mae_run_resumes_under_its_config():
-  """``experiments/results/probes/large_mae`` (trained on the CPU over sessions) is
-  ``pretrained.py:large_mae`` at its recorded time budget, so a later session resumes it; a
+  """``experiments/results/probes/large_mae`` (trained on the CPU in several runs) is
+  ``pretrained.py:large_mae`` at its recorded time budget, so a later run resumes it; a
   larger budget extends it (``--extend``), a smaller one does not."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with open(os.path.join(repo, "experiments", "results", "probes", "large_mae", "run.json")) as f:

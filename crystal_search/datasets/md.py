@@ -6,7 +6,7 @@ ASE calculator, or any ASE calculator) drives ASE's Langevin NVT integrator at t
 same temperature and time step on supercells of the bundled known phases, a frame
 is recorded every ``sample_every`` steps, and a frame that StructureMatcher
 (``stol=0.05``) matches to the previously kept one is dropped as a near-duplicate.
-The length is configurable; what a CPU session can afford is far shorter than the
+The length is configurable; what a CPU run of a few hours can afford is far shorter than the
 paper's runs.
 
 Stress is the calculator's (potential) stress converted from ASE's eV/Å^3

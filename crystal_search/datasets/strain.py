@@ -4,7 +4,7 @@ The paper's sampling (:mod:`crystal_search.datasets.sampling`) keeps only the hi
 each relaxation (max force > 0.1 eV/Å), so a network trained on it never sees a crystal near
 equilibrium under strain, and nothing ties its stress to volume there:
 ``benchmarks/equation_of_state.py`` measured the bulk moduli of the known phases of a model
-trained that way (the one shipped until session 7) at a sixth of the teacher's (Li15Si4: 3.7
+trained that way (`pretrained.py:cutoff4`) at a sixth of the teacher's (Li15Si4: 3.7
 against 26.9 GPa; the width-64 model and the paper's plane stress head trained the same way
 alike), so its relaxations stop wherever the pressure falls below the threshold (held-out Li15Si4
 hits between 0.89 and 1.07 of the experimental volume).  This module adds that response (the

@@ -42,7 +42,7 @@ def default_capacity(max_atoms: int) -> int:
 #: :func:`capacity_for` sizes the edge capacity to this margin over the largest edge count of the
 #: structures it is given (cells that shrink while relaxing gain edges), rounded up to the grid
 #: ``CAPACITY_QUANTUM * 2**(k/4)``: the same few shapes recur between calls (fewer compilations).
-CAPACITY_MARGIN = 1.2
+CAPACITY_MARGIN = 1.35
 CAPACITY_QUANTUM = 128
 
 
@@ -57,19 +57,53 @@ def capacity_for(crystals: Crystals, cutoff: float, *, margin: float = CAPACITY_
   return int(8 * math.ceil(CAPACITY_QUANTUM * 2 ** (k / 4) / 8))
 
 
-#: Force fields made by ``sized_for``, kept so that the same capacity gives the same object
-#: (the relaxer caches its compiled programs per force-field object).
-_SIZED: dict = {}
+#: Force fields made by ``sized_for`` and ``grow``, kept so that the same weights, config and
+#: capacity give the same object (the relaxer caches its compiled programs per force-field
+#: object: a new object for the same shapes would compile again).
+_VARIANTS: dict = {}
+
+
+def _variant(force_field, *, capacity: int, config=None):
+  """``force_field`` with another ``capacity`` (and ``config``), one object per combination."""
+  config = force_field.config if config is None else config
+  key = (type(force_field), id(force_field.variables), force_field.name, config, capacity)
+  key += (getattr(force_field, "derivative", None),)
+  if key not in _VARIANTS:
+    if len(_VARIANTS) >= 128:
+      _VARIANTS.pop(next(iter(_VARIANTS)))
+    made = dataclasses.replace(force_field, capacity=capacity, config=config)
+    _VARIANTS[key] = (made, force_field.variables)  # the variables stay alive: ids stay unique
+  return _VARIANTS[key][0]
+
+
+_IMAGE_CONFIGS: dict = {}
+
+
+def _with_images(config: ml_collections.FrozenConfigDict, images: int):
+  """``config`` with ``max_images = images``, one object per pair (its hash keys compilations)."""
+  if int(config.max_images) >= images:
+    return config
+  key = (config, images)
+  if key not in _IMAGE_CONFIGS:
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.max_images = int(images)
+    _IMAGE_CONFIGS[key] = ml_collections.FrozenConfigDict(c)
+  return _IMAGE_CONFIGS[key]
 
 
 def _sized(force_field, crystals: Crystals):
-  capacity = capacity_for(crystals, float(force_field.config.cutoff))
-  key = (type(force_field), id(force_field.variables), force_field.config, capacity)
-  if key not in _SIZED:
-    if len(_SIZED) >= 64:
-      _SIZED.pop(next(iter(_SIZED)))
-    _SIZED[key] = (dataclasses.replace(force_field, capacity=capacity), force_field.variables)
-  return _SIZED[key][0]
+  """The edge capacity of :func:`capacity_for`, and a periodic-image range one wider than the
+  thinnest cell of ``crystals`` needs (up to :data:`MAX_GROWN_IMAGES`; cells thin out as they
+  relax), so that neither overflows at once."""
+  from crystal_search import graphs
+
+  cutoff = float(force_field.config.cutoff)
+  images = min(MAX_GROWN_IMAGES, graphs.required_images(crystals, cutoff) + 1)
+  return _variant(
+    force_field,
+    capacity=capacity_for(crystals, cutoff),
+    config=_with_images(force_field.config, images),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("config", "capacity"))
@@ -90,7 +124,9 @@ def _grown_config(config: ml_collections.FrozenConfigDict) -> ml_collections.Fro
   """The overflow flag does not say whether edges or images ran out: widen both (images capped)."""
   if int(config.max_images) >= MAX_GROWN_IMAGES:
     return config
-  c = config.as_configdict()
+  # A copy through to_dict(): setting a field on ``as_configdict()`` would also change the frozen
+  # original's hash (shared field references), so every cache keyed by it would miss.
+  c = ml_collections.ConfigDict(config.to_dict())
   c.max_images = int(c.max_images) + 1
   return ml_collections.FrozenConfigDict(c)
 
@@ -125,7 +161,7 @@ class ModelForceField:
 
   def grow(self) -> ModelForceField:
     """Double the edge capacity; widen the image range by one up to :data:`MAX_GROWN_IMAGES`."""
-    return dataclasses.replace(self, capacity=2 * self.capacity, config=_grown_config(self.config))
+    return _variant(self, capacity=2 * self.capacity, config=_grown_config(self.config))
 
   def sized_for(self, crystals: Crystals) -> ModelForceField:
     """This network with the edge capacity :func:`capacity_for` the structures ``crystals``
@@ -183,7 +219,7 @@ class EnergyModelForceField:
 
   def grow(self) -> EnergyModelForceField:
     """Double the edge capacity; widen the image range by one up to :data:`MAX_GROWN_IMAGES`."""
-    return dataclasses.replace(self, capacity=2 * self.capacity, config=_grown_config(self.config))
+    return _variant(self, capacity=2 * self.capacity, config=_grown_config(self.config))
 
   def sized_for(self, crystals: Crystals) -> EnergyModelForceField:
     """This network with the edge capacity :func:`capacity_for` the structures ``crystals``."""

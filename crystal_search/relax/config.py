@@ -57,6 +57,8 @@ def get_relax_config() -> ml_collections.ConfigDict:
       new size compiles once per process, or loads from the compilation cache).
     compact_factor: compact only into a batch at least this many times smaller (each new
       batch size is one more compilation; 2 follows the tail closely, 4 compiles half as often).
+    compact_min_batch: batches smaller than this never compact (the compilation of a smaller
+      batch costs more than the finished slots of a small one).
     memory_budget_mb: MB per batch used to choose the batch size (rounded down to a power of
       two per device, so that shapes recur between calls).
     max_batch_size: upper bound on the batch size.
@@ -91,6 +93,7 @@ def get_relax_config() -> ml_collections.ConfigDict:
   c.in_flight = True
   c.compact = True
   c.compact_factor = 4
+  c.compact_min_batch = 16
   c.memory_budget_mb = 1024
   c.max_batch_size = 256
   c.max_retries = 8
@@ -126,6 +129,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   need(c.fire_dt <= c.fire_dt_max, "fire_dt", f"<= fire_dt_max = {c.fire_dt_max}")
   need(_finite(c.smass) and 0.0 <= c.smass <= 2.0, "smass", "in [0, 2] (2 = steepest descent)")
   need(_is_int(c.compact_factor) and c.compact_factor >= 2, "compact_factor", "an integer >= 2")
+  need(_is_int(c.compact_min_batch) and c.compact_min_batch >= 1, "compact_min_batch", ">= 1")
   for field in ("max_steps", "chunk_steps", "max_batch_size", "lbfgs_memory"):
     need(_is_int(c[field]) and c[field] >= 1, field, "an integer >= 1")
   need(_is_int(c.trajectory_every) and c.trajectory_every >= 0, "trajectory_every", ">= 0")

@@ -429,7 +429,7 @@ class _Driver:
       b = d * (1 << ((b // d).bit_length() - 1))
     self.info["batch_sizes"][width] = b
     in_flight = cfg.in_flight and len(order) > b
-    compact = bool(cfg.compact) and self.jittable and b > d
+    compact = bool(cfg.compact) and self.jittable and b > d and b >= int(cfg.compact_min_batch)
     chunk = int(cfg.chunk_steps) if in_flight or compact else params.max_steps + 1
     queue = deque(order)
     slot_of: list[int | None] = [None] * b
@@ -478,7 +478,7 @@ class _Driver:
       if compact and not queue:
         live = [s for s in range(b) if slot_of[s] is not None]
         size = compact_size(len(live), d)
-        if live and size * int(cfg.compact_factor) <= b:
+        if live and b >= int(cfg.compact_min_batch) and size * int(cfg.compact_factor) <= b:
           spare = [s for s in range(b) if slot_of[s] is None][: size - len(live)]
           keep = live + spare
           state, traj = _take_slots(state, traj, keep)

@@ -1,0 +1,248 @@
+r"""The README's main job against the teacher relaxing the same starts: time per structure, hits.
+
+Runs the search of ``scripts/main.sh`` (its flags, read from :data:`MAIN_JOB`; the packaged
+models, the search's defaults otherwise) in a fresh process with no persistent compilation cache
+(``cold``), and again (``warm``, the compiled programs on disk), and relaxes the first
+``--teacher_structures`` of the same random starts with CHGNet + ASE FIRE + FrechetCellFilter one
+at a time, on another core at the same time.  Reported: wall time per structure of each, their
+ratio, how many relaxations end in the known phase of the composition (the bundled reference
+CIFs, :func:`crystal_search.metrics.known_phase`) and those hits per CPU-hour.  Parts write their
+JSON into ``--work_dir`` as they finish; a rerun skips finished parts.
+
+  python benchmarks/main_job_vs_teacher.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import _common  # benchmarks/_common.py (this folder is on sys.path)
+from absl import app, flags
+
+_TEACHER_N = flags.DEFINE_integer("teacher_structures", 32, "Starts relaxed by the teacher.")
+_CORES = flags.DEFINE_string("cores", "0,1", "Cores for ours and the teacher ('': no pinning).")
+_WORK = flags.DEFINE_string("work_dir", "runs/main_job_vs_teacher", "Per-part JSON (resumable).")
+_OUT = flags.DEFINE_string("out", "benchmarks/results/main_job_vs_teacher.json", "Report.")
+_PART = flags.DEFINE_string("part", None, "Internal: 'teacher', 'cold' or 'warm'.")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The main job's command line, as ``scripts/main.sh`` runs it.
+MAIN_JOB = os.path.join(_ROOT, "scripts", "main.sh")
+
+
+def main_job_flags() -> list[str]:
+  """The ``--flags`` of the ``crystal-search search`` line of ``scripts/main.sh``."""
+  with open(MAIN_JOB) as f:
+    text = f.read().replace("\\\n", " ")
+  line = next(x for x in text.splitlines() if "crystal-search search" in x)
+  words = shlex.split(line.split("crystal-search search", 1)[1])
+  return [w for w in words if w.startswith("--") and not w.startswith("--output_dir")]
+
+
+def _config():
+  """The main job's search config (its flags over the defaults)."""
+  from crystal_search import search
+
+  config = search.get_search_config()
+  for w in main_job_flags():
+    key, _, value = w[2:].partition("=")
+    key = key.removeprefix("search.")
+    if key in config:
+      default = config[key]
+      config[key] = type(default)(value) if not isinstance(default, bool) else value != "false"
+    elif key.startswith("no") and key[2:] in config:
+      config[key[2:]] = False
+  return config
+
+
+def part_search(tag: str) -> dict:
+  import tempfile
+
+  from crystal_search import search
+
+  config = _config()
+  force_field, energy_fn = search.load_force_field("model")
+  screen = search.load_screen_force_field(config.screen_model)
+  out = os.path.join(tempfile.mkdtemp(), tag)
+  t0 = time.perf_counter()
+  result = search.run_search(
+    config,
+    force_field=force_field,
+    energy_fn=energy_fn,
+    screen_force_field=screen,
+    output_dir=out,
+    progress=False,
+  )
+  wall = time.perf_counter() - t0
+  t = result.totals
+  hits = [r for r in result.rows if r["known_phase"]]
+  return {
+    "wall_s": wall,
+    "stages_s": t["wall_time_s"],
+    "relaxed": t["relaxed"],
+    "converged": t["converged"],
+    "failed": t["failed"],
+    "unique": t["unique"],
+    "polished": t.get("polished"),
+    "known_phase_rows": [
+      {k: r[k] for k in ("rank", "known_phase", "count", "space_group", "energy_per_atom")}
+      for r in hits
+    ],
+    "hits": int(sum(r["count"] for r in hits)),
+  }
+
+
+def part_teacher() -> dict:
+  import numpy as np
+  import torch
+  from chgnet.model import CHGNet, StructOptimizer
+
+  from crystal_search import compositions, metrics, random_structures, search
+
+  torch.set_num_threads(1)
+  config = _config()
+  comp = compositions.parse_composition(config.composition, allowed_elements=("Li", "Si"))
+  starts = random_structures.generate(
+    comp, int(config.num_structures), seed=int(config.seed), config=search.generator_config(config)
+  )[: _TEACHER_N.value]
+  opt = StructOptimizer(model=CHGNet.load(verbose=False), optimizer_class="FIRE")
+  references = metrics.load_reference_phases()
+  rows = []
+  for s in starts:
+    t0 = time.perf_counter()
+    res = opt.relax(
+      s, fmax=float(config.fmax), steps=1000, relax_cell=True, verbose=False,
+      ase_filter="FrechetCellFilter",
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    forces = np.asarray(res["trajectory"].forces[-1])
+    rows.append(
+      {
+        "wall_s": wall,
+        "steps": len(res["trajectory"].energies),
+        "converged": bool(np.max(np.linalg.norm(forces, axis=-1)) < float(config.fmax)),
+        "known_phase": metrics.known_phase(res["final_structure"], references),
+      }
+    )
+  return {"relaxations": rows}
+
+
+def _run_part(name: str, core: str | None, cache_dir: str) -> dict:
+  path = os.path.join(_WORK.value, f"{name}.json")
+  if not os.path.exists(path):
+    argv = [sys.executable, os.path.abspath(__file__), f"--part={name}"]
+    argv += [f"--teacher_structures={_TEACHER_N.value}", f"--work_dir={_WORK.value}"]
+    if core:
+      argv = ["taskset", "-c", core, *argv]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CRYSTAL_SEARCH_JAX_CACHE=cache_dir)
+    subprocess.run(argv, check=True, env=env)
+  with open(path) as f:
+    return json.load(f)
+
+
+def main(argv):
+  del argv
+  if _PART.value:
+    if _PART.value == "teacher":
+      out = part_teacher()
+    else:
+      from crystal_search import compile_cache
+
+      compile_cache.enable()
+      out = part_search(_PART.value)
+    os.makedirs(_WORK.value, exist_ok=True)
+    path = os.path.join(_WORK.value, f"{_PART.value}.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(out, f)
+    os.replace(path + ".tmp", path)
+    return
+  from concurrent.futures import ThreadPoolExecutor
+
+  import numpy as np
+
+  cores = [c.strip() for c in _CORES.value.split(",")] if _CORES.value else [None, None]
+  cache = os.path.abspath(os.path.join(_WORK.value, "jax_cache"))
+  machine = _common.machine()
+  with ThreadPoolExecutor(1) as pool:
+    teacher_job = pool.submit(_run_part, "teacher", cores[1], "off")
+    cold = _run_part("cold", cores[0], cache)  # empty cache: every program compiles
+    warm = _run_part("warm", cores[0], cache)  # the cache that run filled
+    teacher = teacher_job.result()
+  rel = teacher["relaxations"]
+  t_per = float(np.mean([r["wall_s"] for r in rel]))
+  t_hits = sum(r["known_phase"] is not None for r in rel)
+  report = {
+    "command": _common.command_line(),
+    "machine": machine,
+    "date": time.strftime("%Y-%m-%d"),
+    "main_job_flags": main_job_flags(),
+    "teacher": {
+      "structures": len(rel),
+      "s_per_structure": t_per,
+      "median_steps": float(np.median([r["steps"] for r in rel])),
+      "converged": int(sum(r["converged"] for r in rel)),
+      "hits": t_hits,
+      "hits_per_cpu_hour": t_hits / (sum(r["wall_s"] for r in rel) / 3600),
+      "known_phases": sorted({r["known_phase"] for r in rel if r["known_phase"]}),
+    },
+  }
+  for tag, run in (("cold", cold), ("warm", warm)):
+    per = run["wall_s"] / run["relaxed"]
+    report[tag] = {
+      **run,
+      "s_per_structure": per,
+      "ratio_vs_teacher": t_per / per,
+      "hits_per_cpu_hour": run["hits"] / (run["wall_s"] / 3600),
+    }
+  _common.write_report(_OUT.value, report, _markdown(report))
+
+
+def _markdown(r: dict) -> list[str]:
+  t = r["teacher"]
+  lines = [
+    "# The main job against the teacher on the same starts",
+    "",
+    f"`{r['command']}` on {_common.describe(r['machine'])}, {r['date']}. The search of "
+    f"`scripts/main.sh` ({' '.join(r['main_job_flags'])}) on one core; CHGNet + ASE FIRE + "
+    f"FrechetCellFilter on the first {t['structures']} of its starts, one at a time, on the "
+    "other core, at the same time.",
+    "",
+    *_common.table_head(
+      "run",
+      ["s / structure", "× teacher", "relaxed", "converged", "failed", "hits", "hits / CPU-hour"],
+      align="---:",
+    ),
+  ]
+  for tag in ("cold", "warm"):
+    o = r[tag]
+    lines.append(
+      f"| ours, {tag} | {o['s_per_structure']:.2f} | {o['ratio_vs_teacher']:.1f} | "
+      f"{o['relaxed']} | {o['converged']} | {o['failed']} | {o['hits']} | "
+      f"{o['hits_per_cpu_hour']:.0f} |"
+    )
+  lines.append(
+    f"| teacher | {t['s_per_structure']:.2f} | 1 | {t['structures']} | {t['converged']} | – | "
+    f"{t['hits']} | {t['hits_per_cpu_hour']:.1f} |"
+  )
+  for tag in ("cold", "warm"):
+    rows = r[tag]["known_phase_rows"]
+    found = "; ".join(f"rank {x['rank']}: {x['known_phase']} ({x['count']}×)" for x in rows)
+    lines += ["", f"Known phases in the {tag} report: {found or 'none'}. "
+              f"Stage wall times (s): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in r[tag]["stages_s"].items()) + "."]  # fmt: skip
+  lines += [
+    "",
+    "Cold: a fresh process with an empty compilation cache; warm: the same command again with "
+    "the cache that run filled. Hits: relaxations that end in a known phase (bundled references);"
+    " the teacher's count is over its subset of the starts.",
+  ]
+  return lines
+
+
+if __name__ == "__main__":
+  app.run(main)
