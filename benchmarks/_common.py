@@ -12,6 +12,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 
 
 def machine(**extra) -> dict:
@@ -151,3 +152,58 @@ def run(main) -> None:
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+
+
+def teacher_relaxations(structures, *, fmax: float, max_steps: int, each=None) -> list[dict]:
+  """CHGNet's ``StructOptimizer`` (ASE FIRE + FrechetCellFilter) on each structure, one at a time
+  on one torch thread, as the teacher's users run it: per structure ``wall_s``, ``steps`` (force
+  evaluations), ``converged`` (largest force below ``fmax`` eV/Å) and ``final`` (pymatgen dict),
+  plus what ``each(final_structure)`` returns (a dict) when given."""
+  import numpy as np
+  import torch
+  from chgnet.model import CHGNet, StructOptimizer
+
+  torch.set_num_threads(1)
+  opt = StructOptimizer(model=CHGNet.load(verbose=False), optimizer_class="FIRE")
+  rows = []
+  for s in structures:
+    t0 = time.perf_counter()
+    res = opt.relax(
+      s, fmax=fmax, steps=max_steps, relax_cell=True, ase_filter="FrechetCellFilter", verbose=False
+    )
+    wall = time.perf_counter() - t0
+    forces = np.asarray(res["trajectory"].forces[-1])
+    row = {
+      "n_atoms": len(s),
+      "wall_s": wall,
+      "steps": len(res["trajectory"].energies),
+      "converged": bool(np.max(np.linalg.norm(forces, axis=-1)) < fmax),
+      "final": res["final_structure"].as_dict(),
+    }
+    row.update(each(res["final_structure"]) if each else {})
+    rows.append(row)
+  return rows
+
+
+def run_part(script: str, name: str, args: list[str], *, work_dir: str, core, env: dict) -> dict:
+  """``script --part=NAME ARGS`` in a fresh process (pinned to ``core`` with taskset when given,
+  ``env`` added to the environment) unless ``work_dir/NAME.json`` exists; that JSON."""
+  import subprocess
+
+  path = os.path.join(work_dir, f"{name}.json")
+  if not os.path.exists(path):
+    argv = [sys.executable, os.path.abspath(script), f"--part={name}", *args]
+    if core:
+      argv = ["taskset", "-c", core, *argv]
+    subprocess.run(argv, check=True, env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_part(work_dir: str, name: str, out: dict) -> None:
+  """``out`` as ``work_dir/NAME.json``, atomically (what :func:`run_part` reads back)."""
+  os.makedirs(work_dir, exist_ok=True)
+  path = os.path.join(work_dir, f"{name}.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(out, f)
+  os.replace(path + ".tmp", path)

@@ -29,7 +29,10 @@ import time
 import _common  # benchmarks/_common.py (this folder is on sys.path)
 import numpy as np
 
-SETTINGS = dict(potim=0.4, smass=2.0, fmax=0.05, smax=5.0)
+from crystal_search.relax import teacher_settings
+
+#: The paper's teacher protocol (relax defaults), for every relaxation here.
+SETTINGS = teacher_settings()
 
 
 def relaxed_finals(args, composition: str, force_model: dict) -> list[dict]:

@@ -71,7 +71,7 @@ def main() -> None:
     prim = s.get_primitive_structure()
     if len(prim.composition.elements) == 2 and len(prim) <= args.max_atoms:
       phases[name] = prim
-  settings = dict(potim=0.4, smass=2.0, fmax=0.05, smax=5.0, max_steps=args.max_steps)
+  settings = relax.teacher_settings(max_steps=args.max_steps)
   # Keep the first step (and the last) only: the forces on each start.
   settings["trajectory_every"] = args.max_steps
   kinds = ["model"] + (["chgnet"] if args.teacher else [])

@@ -41,7 +41,9 @@ EXPERIMENTAL = "Li15Si4 (mp-569849)"
 
 
 def _settings(args) -> dict:
-  return dict(potim=0.4, smass=2.0, fmax=0.05, smax=5.0, max_steps=args.max_steps)
+  from crystal_search import relax
+
+  return relax.teacher_settings(max_steps=args.max_steps)
 
 
 def _random_config(args):
@@ -268,7 +270,7 @@ def experimental_energies() -> dict:
   from crystal_search import metrics, relax, search
 
   ref = metrics.load_reference_phases()[EXPERIMENTAL].get_primitive_structure()
-  settings = dict(potim=0.4, smass=2.0, fmax=0.05, smax=5.0, max_steps=300)
+  settings = relax.teacher_settings(max_steps=300)
   relaxed = relax.relax_structures([ref], relax.make_force_field("chgnet"), **settings)[0]
   return {
     "model_energy_per_atom": round(float(search.load_force_field("model")[1]([ref])[0]), 4),

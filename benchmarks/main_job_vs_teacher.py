@@ -14,11 +14,8 @@ JSON into ``--work_dir`` as they finish; a rerun skips finished parts.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import subprocess
-import sys
 import time
 
 import _common  # benchmarks/_common.py (this folder is on sys.path)
@@ -98,51 +95,27 @@ def part_search(tag: str) -> dict:
 
 
 def part_teacher() -> dict:
-  import numpy as np
-  import torch
-  from chgnet.model import CHGNet, StructOptimizer
-
   from crystal_search import compositions, metrics, random_structures, search
 
-  torch.set_num_threads(1)
   config = _config()
   comp = compositions.parse_composition(config.composition, allowed_elements=("Li", "Si"))
   starts = random_structures.generate(
     comp, int(config.num_structures), seed=int(config.seed), config=search.generator_config(config)
   )[: _TEACHER_N.value]
-  opt = StructOptimizer(model=CHGNet.load(verbose=False), optimizer_class="FIRE")
   references = metrics.load_reference_phases()
-  rows = []
-  for s in starts:
-    t0 = time.perf_counter()
-    res = opt.relax(
-      s, fmax=float(config.fmax), steps=1000, relax_cell=True, verbose=False,
-      ase_filter="FrechetCellFilter",
-    )  # fmt: skip
-    wall = time.perf_counter() - t0
-    forces = np.asarray(res["trajectory"].forces[-1])
-    rows.append(
-      {
-        "wall_s": wall,
-        "steps": len(res["trajectory"].energies),
-        "converged": bool(np.max(np.linalg.norm(forces, axis=-1)) < float(config.fmax)),
-        "known_phase": metrics.known_phase(res["final_structure"], references),
-      }
-    )
+  rows = _common.teacher_relaxations(
+    starts,
+    fmax=float(config.fmax),
+    max_steps=1000,
+    each=lambda final: {"known_phase": metrics.known_phase(final, references)},
+  )
   return {"relaxations": rows}
 
 
 def _run_part(name: str, core: str | None, cache_dir: str) -> dict:
-  path = os.path.join(_WORK.value, f"{name}.json")
-  if not os.path.exists(path):
-    argv = [sys.executable, os.path.abspath(__file__), f"--part={name}"]
-    argv += [f"--teacher_structures={_TEACHER_N.value}", f"--work_dir={_WORK.value}"]
-    if core:
-      argv = ["taskset", "-c", core, *argv]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CRYSTAL_SEARCH_JAX_CACHE=cache_dir)
-    subprocess.run(argv, check=True, env=env)
-  with open(path) as f:
-    return json.load(f)
+  args = [f"--teacher_structures={_TEACHER_N.value}", f"--work_dir={_WORK.value}"]
+  env = {"CRYSTAL_SEARCH_JAX_CACHE": cache_dir}
+  return _common.run_part(__file__, name, args, work_dir=_WORK.value, core=core, env=env)
 
 
 def main(argv):
@@ -155,11 +128,7 @@ def main(argv):
 
       compile_cache.enable()
       out = part_search(_PART.value)
-    os.makedirs(_WORK.value, exist_ok=True)
-    path = os.path.join(_WORK.value, f"{_PART.value}.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(out, f)
-    os.replace(path + ".tmp", path)
+    _common.write_part(_WORK.value, _PART.value, out)
     return
   from concurrent.futures import ThreadPoolExecutor
 

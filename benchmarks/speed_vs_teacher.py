@@ -21,10 +21,6 @@ as it finishes; a rerun skips finished parts (resumable).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 
 import _common  # benchmarks/_common.py (this folder is on sys.path)
@@ -108,54 +104,16 @@ def part_ours(name: str) -> dict:
 
 def part_teacher() -> dict:
   """CHGNet's StructOptimizer (ASE FIRE + FrechetCellFilter), one structure at a time."""
-  import numpy as np
-  import torch
-  from chgnet.model import CHGNet, StructOptimizer
-
-  torch.set_num_threads(1)
-  t0 = time.perf_counter()
-  opt = StructOptimizer(model=CHGNet.load(verbose=False), optimizer_class="FIRE")
-  load_s = time.perf_counter() - t0
-  cells = _cells()
-  rows = []
-  for s in cells:
-    t0 = time.perf_counter()
-    res = opt.relax(
-      s,
-      fmax=_FMAX.value,
-      steps=_MAX_STEPS.value,
-      relax_cell=True,
-      ase_filter="FrechetCellFilter",
-      verbose=False,
-    )
-    wall = time.perf_counter() - t0
-    traj = res["trajectory"]
-    forces = np.asarray(traj.forces[-1])
-    rows.append(
-      {
-        "n_atoms": len(s),
-        "wall_s": wall,
-        "steps": len(traj.energies),
-        "converged": bool(np.max(np.linalg.norm(forces, axis=-1)) < _FMAX.value),
-        "final": res["final_structure"].as_dict(),
-      }
-    )
-  return {"load_s": load_s, "relaxations": rows}
+  rows = _common.teacher_relaxations(_cells(), fmax=_FMAX.value, max_steps=_MAX_STEPS.value)
+  return {"relaxations": rows}
 
 
 def _run_part(name: str, core: str | None) -> dict:
   """Run one part in a fresh process (pinned to ``core``) unless its JSON is already there."""
-  path = os.path.join(_WORK.value, f"{name}.json")
-  if not os.path.exists(path):
-    argv = [sys.executable, os.path.abspath(__file__), f"--part={name}"]
-    argv += [f"--{f}={flags.FLAGS[f].value}" for f in ("compositions", "num", "seed", "fmax")]
-    argv += [f"--max_steps={_MAX_STEPS.value}", f"--work_dir={_WORK.value}"]
-    if core:
-      argv = ["taskset", "-c", core, *argv]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CRYSTAL_SEARCH_JAX_CACHE="off")
-    subprocess.run(argv, check=True, env=env)
-  with open(path) as f:
-    return json.load(f)
+  args = [f"--{f}={flags.FLAGS[f].value}" for f in ("compositions", "num", "seed", "fmax")]
+  args += [f"--max_steps={_MAX_STEPS.value}", f"--work_dir={_WORK.value}"]
+  env = {"CRYSTAL_SEARCH_JAX_CACHE": "off"}
+  return _common.run_part(__file__, name, args, work_dir=_WORK.value, core=core, env=env)
 
 
 def _quality(ours: dict, teacher: dict, energies_fn) -> dict:
@@ -184,11 +142,7 @@ def main(argv):
   del argv
   if _PART.value:
     out = part_teacher() if _PART.value == "teacher" else part_ours(_PART.value)
-    os.makedirs(_WORK.value, exist_ok=True)
-    path = os.path.join(_WORK.value, f"{_PART.value}.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(out, f)
-    os.replace(path + ".tmp", path)
+    _common.write_part(_WORK.value, _PART.value, out)
     return
   from concurrent.futures import ThreadPoolExecutor
 

@@ -81,8 +81,9 @@ def profile_bucket(ff, structures, *, optimizer_params, repeats: int) -> dict:
   from crystal_search import graphs, relax
   from crystal_search.models import force_stress, megnet
 
-  config, variables, capacity = ff.config, ff.variables, ff.capacity
   batch = crystals_lib.from_structures(structures)
+  ff = ff.sized_for(batch)  # the capacity and image range the relaxer gives this bucket
+  config, variables, capacity = ff.config, ff.variables, ff.capacity
   batch = megnet.cast_crystals(config, batch)
   cutoff, images = float(config.cutoff), int(config.max_images)
   fict = force_stress.fictitious_kind(config)
@@ -103,7 +104,7 @@ def profile_bucket(ff, structures, *, optimizer_params, repeats: int) -> dict:
   stages["graph"] = _timed(graph, batch, nb, repeats=repeats)
   stages["network"] = _timed(network, variables["params"], g, repeats=repeats)
   stages["force_field"] = _timed(lambda c: ff(c), batch, repeats=repeats)
-  state = relax.fresh_state(batch)
+  state = relax.fresh_state(batch, memory=relax.state.lbfgs_memory(optimizer_params))
   out = ff(batch)
   state = relax.observe(state, out, optimizer_params)
   stages["update"] = _timed(lambda s: relax.move(s, optimizer_params), state, repeats=repeats)
@@ -164,11 +165,15 @@ def compile_times(ff, structures, *, config, batch_sizes) -> dict:
   for s in structures:
     by_width.setdefault(crystals_lib.bucket_size(len(s)), []).append(s)
   for width, group in sorted(by_width.items()):
+    sized = ff.sized_for(crystals_lib.from_structures(group, max_atoms=width))
     for b in batch_sizes:
       picked = (group * b)[:b]
-      state = relax.fresh_state(crystals_lib.from_structures(picked, max_atoms=width))
+      state = relax.fresh_state(
+        crystals_lib.from_structures(picked, max_atoms=width),
+        memory=relax.state.lbfgs_memory(params),
+      )
       traj = relax.state.empty_trajectory(1, b, width)
-      runner = driver._chunk_fn(ff, params, int(config.chunk_steps), 0)
+      runner = driver._chunk_fn(sized, params, int(config.chunk_steps), 0)
       t0 = time.perf_counter()
       jax.jit(runner).lower(state, traj).compile()
       out[f"{width}x{b}"] = time.perf_counter() - t0

@@ -46,6 +46,12 @@ _RUN_MARKERS = ("summary.json", "summary.md", "structures")
 RELAX_WORK = ("structure_steps", "slot_steps", "compiles", "compactions")
 
 
+def _relax_defaults() -> ml_collections.ConfigDict:
+  from crystal_search.relax import get_relax_config
+
+  return get_relax_config()
+
+
 def get_search_config() -> ml_collections.ConfigDict:
   """Default search settings (every value can be overridden from the command line)."""
   c = ml_collections.ConfigDict()
@@ -59,7 +65,7 @@ def get_search_config() -> ml_collections.ConfigDict:
   c.primitive_cells = False  # max_atoms counts primitive cells of centred groups too
   c.seed = 0
   c.optimizer = "lbfgs"  # relaxer update rule: "lbfgs", "fire" (ASE's FIRE) or "damped" (paper's)
-  c.fmax = 0.05  # eV/Å, convergence of the model relaxation (of the polish when screening)
+  c.fmax = _relax_defaults().fmax  # eV/Å, convergence (of the polish when screening)
   # Screen, then polish: with the packaged models, the screening model relaxes every cell to
   # screen_fmax, then the accurate model polishes the lowest polish_top_k distinct candidates
   # within polish_window of the best to fmax.  "" relaxes every cell with the accurate model.

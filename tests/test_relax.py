@@ -145,51 +145,29 @@ def test_damping_keeps_memory_when_smass_below_two():
   np.testing.assert_allclose(s2.crystals.lattice, c.lattice)
 
 
-def _ase_fire_path(structure, steps, *, cell_filter=None):
-  """Cartesian positions and cells of ASE's own FIRE on the LJ force field, step by step."""
-  from ase.optimize import FIRE
+def _ase_path(structure, steps, *, optimizer="FIRE", cell_filter=None):
+  """Cartesian positions, cells and FIRE's ``dt`` (None for others) of ASE's own ``optimizer``
+  (a class name of :mod:`ase.optimize`) on the LJ force field, step by step."""
+  import ase.optimize
   from pymatgen.io.ase import AseAtomsAdaptor
 
   from crystal_search.force_fields.ase import CrystalSearchCalculator
 
   atoms = AseAtomsAdaptor.get_atoms(structure)
   atoms.calc = CrystalSearchCalculator(LJ)
-  opt = FIRE(cell_filter(atoms) if cell_filter else atoms, logfile=None)
+  opt = getattr(ase.optimize, optimizer)(cell_filter(atoms) if cell_filter else atoms, logfile=None)
   path = []
   for _ in range(steps):
     opt.step()
-    path.append((atoms.get_positions().copy(), atoms.cell.array.copy(), opt.dt))
-  return path
-
-
-def _our_fire_path(structure, steps, **kwargs):
-  from crystal_search.crystals import from_structures
-
-  c = jax.tree_util.tree_map(jnp.asarray, from_structures([structure], max_atoms=8))
-  init_fn, apply_fn = relax.damped_dynamics(
-    LJ,
-    optimizer="fire",
-    fmax=1e-9,
-    smax=1e-9,
-    max_steps=10_000,
-    max_displacement=10.0,
-    max_strain=10.0,
-    **kwargs,
-  )
-  state, apply_fn = init_fn(c), jax.jit(apply_fn)
-  path = []
-  for _ in range(steps):
-    state = apply_fn(state)
-    cart = np.asarray(state.crystals.cartesian()[0, : len(structure)])
-    path.append((cart, np.asarray(state.crystals.lattice[0]), float(state.fire_dt[0])))
+    path.append((atoms.get_positions().copy(), atoms.cell.array.copy(), getattr(opt, "dt", None)))
   return path
 
 
 def test_fire_positions_follow_ase_fire_step_by_step():
   """Fixed cell: our batched FIRE is ASE's FIRE (same defaults), to float32 precision."""
   s = _perturbed_fcc(3, supercell=(2, 1, 1), displacement=0.3)
-  ours = _our_fire_path(s, 40, relax_cell=False)
-  theirs = _ase_fire_path(s, 40)
+  ours = _our_path(s, 40, optimizer="fire", relax_cell=False)
+  theirs = _ase_path(s, 40)
   dts = [dt for _, _, dt in theirs]
   # The path exercises every branch: dt shrinks (uphill resets) and grows again.
   assert min(dts) < 0.1 and any(b > a for a, b in zip(dts, dts[1:]))
@@ -203,8 +181,8 @@ def test_fire_cell_follows_ase_fire_with_the_frechet_cell_filter():
   from ase.filters import FrechetCellFilter
 
   s = _perturbed_fcc(3, supercell=(2, 1, 1), displacement=0.2, strain=0.06)
-  ours = _our_fire_path(s, 30)
-  theirs = _ase_fire_path(s, 30, cell_filter=FrechetCellFilter)
+  ours = _our_path(s, 30, optimizer="fire")
+  theirs = _ase_path(s, 30, cell_filter=FrechetCellFilter)
   moved = np.abs(theirs[-1][1] - s.lattice.matrix).max()
   assert moved > 0.05  # the cell really relaxes (Å)
   for (p, cell, _), (q, cell_ase, _) in zip(ours, theirs):
@@ -212,23 +190,6 @@ def test_fire_cell_follows_ase_fire_with_the_frechet_cell_filter():
     # (atoms) over 30 steps, against steps of up to 0.2 Å.
     np.testing.assert_allclose(cell, cell_ase, atol=1e-3)
     np.testing.assert_allclose(p, q, atol=5e-3)
-
-
-def _ase_lbfgs_path(structure, steps, *, cell_filter=None):
-  """Cartesian positions and cells of ASE's own L-BFGS on the LJ force field, step by step."""
-  from ase.optimize import LBFGS
-  from pymatgen.io.ase import AseAtomsAdaptor
-
-  from crystal_search.force_fields.ase import CrystalSearchCalculator
-
-  atoms = AseAtomsAdaptor.get_atoms(structure)
-  atoms.calc = CrystalSearchCalculator(LJ)
-  opt = LBFGS(cell_filter(atoms) if cell_filter else atoms, logfile=None)
-  path = []
-  for _ in range(steps):
-    opt.step()
-    path.append((atoms.get_positions().copy(), atoms.cell.array.copy()))
-  return path
 
 
 def _our_path(structure, steps, **kwargs):
@@ -243,7 +204,7 @@ def _our_path(structure, steps, **kwargs):
   for _ in range(steps):
     state = apply_fn(state)
     cart = np.asarray(state.crystals.cartesian()[0, : len(structure)])
-    path.append((cart, np.asarray(state.crystals.lattice[0])))
+    path.append((cart, np.asarray(state.crystals.lattice[0]), float(state.fire_dt[0])))
   return path
 
 
@@ -251,9 +212,9 @@ def test_lbfgs_positions_follow_ase_lbfgs_step_by_step():
   """Fixed cell: our batched L-BFGS is ASE's LBFGS (same defaults), to float32 precision."""
   s = _perturbed_fcc(3, supercell=(2, 1, 1), displacement=0.3)
   ours = _our_path(s, 25, optimizer="lbfgs", lbfgs_scaling=False, relax_cell=False)
-  theirs = _ase_lbfgs_path(s, 25)
+  theirs = _ase_path(s, 25, optimizer="LBFGS")
   assert np.abs(theirs[-1][0] - theirs[0][0]).max() > 0.05  # the atoms really move (Å)
-  for (p, _), (q, _) in zip(ours, theirs):
+  for (p, _, _), (q, _, _) in zip(ours, theirs):
     np.testing.assert_allclose(p, q, atol=2e-4)
 
 
@@ -263,9 +224,9 @@ def test_lbfgs_cell_follows_ase_lbfgs_with_the_frechet_cell_filter():
 
   s = _perturbed_fcc(3, supercell=(2, 1, 1), displacement=0.2, strain=0.06)
   ours = _our_path(s, 15, optimizer="lbfgs", lbfgs_scaling=False)
-  theirs = _ase_lbfgs_path(s, 15, cell_filter=FrechetCellFilter)
+  theirs = _ase_path(s, 15, optimizer="LBFGS", cell_filter=FrechetCellFilter)
   assert np.abs(theirs[-1][1] - s.lattice.matrix).max() > 0.05  # the cell really relaxes (Å)
-  for (p, cell), (q, cell_ase) in zip(ours, theirs):
+  for (p, cell, _), (q, cell_ase, _) in zip(ours, theirs):
     np.testing.assert_allclose(cell, cell_ase, atol=2e-3)
     np.testing.assert_allclose(p, q, atol=1e-2)
 

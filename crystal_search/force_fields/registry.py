@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -58,24 +59,43 @@ def make_force_field(
     return analytic.lennard_jones(sigma=2.0, epsilon=0.1)
   if kind != "model":
     raise InputError(f"unknown force field {kind!r} (one of {', '.join(FORCE_FIELD_KINDS)})")
-  from crystal_search.force_fields import model as model_ff
 
+  label = model
   if model in PRETRAINED_MODELS and not os.path.isdir(model):
     model = os.path.join(PRETRAINED_DIR, PRETRAINED_MODELS[model])
   if model:
     if not os.path.isdir(model):
       names = " or ".join(PRETRAINED_MODELS)
       raise InputError(f"{model}: no such model directory (nor a packaged model: {names})")
-    return model_ff.from_directory(model)
+    return _load(os.path.abspath(model), label, _stamp(model))
   pretrained = os.path.join(PRETRAINED_DIR, PRETRAINED_MODELS["default"])
   if os.path.isdir(pretrained):
-    return model_ff.from_directory(pretrained)
+    return _load(pretrained, "default", _stamp(pretrained))
   if untrained:
     return untrained_model(seed=seed)
   raise InputError(
     "--force_field=model needs --model=DIR: no pretrained model ships yet "
     "(or pass --untrained for a smoke test, or --force_field=chgnet|meam|lj)"
   )
+
+
+def _stamp(path: str) -> float:
+  """Modification time of a model directory's ``model.json`` (a rewritten model loads anew)."""
+  try:
+    return os.path.getmtime(os.path.join(path, "model.json"))
+  except OSError:
+    return 0.0
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, label: str, stamp: float):
+  """A model directory's force field, loaded once per process and ``stamp`` (the same object, so
+  the relaxer's compiled programs are shared between calls), named after ``label`` in reports."""
+  del stamp
+  from crystal_search.force_fields import model as model_ff
+
+  ff = model_ff.from_directory(path)
+  return dataclasses.replace(ff, name=f"{ff.name} ({label})")
 
 
 def untrained_model(*, seed: int = 0, max_atoms: int = 40):

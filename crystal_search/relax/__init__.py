@@ -102,6 +102,7 @@ from crystal_search.relax.config import (
   DynamicsParams,
   get_relax_config,
   make_config,
+  teacher_settings,
   validate_config,
 )
 from crystal_search.relax.driver import (
@@ -140,6 +141,7 @@ __all__ = [
   "pair_distances",
   "relax_files",
   "relax_structures",
+  "teacher_settings",
   "trajectory_atoms",
   "untrained_model",
   "validate_config",

@@ -100,6 +100,14 @@ def get_relax_config() -> ml_collections.ConfigDict:
   return c
 
 
+def teacher_settings(**overrides) -> dict:
+  """The paper's teacher protocol as relax keywords: the defaults of :func:`get_relax_config`
+  (VASP IBRION=3, SMASS=2, POTIM=0.4, ISIF=3; fmax eV/Å, smax kBar), with ``overrides``."""
+  c = get_relax_config()
+  keys = ("optimizer", "potim", "smass", "fmax", "smax")
+  return {**{k: c[k] for k in keys}, **overrides}
+
+
 def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Check a relaxation config; raise :class:`InputError` naming the bad field."""
   c = config

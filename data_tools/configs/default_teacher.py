@@ -15,6 +15,8 @@ run at any time leaves a balanced set; ``num_per_composition`` is the paper's
 
 import ml_collections
 
+from crystal_search.relax import teacher_settings
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -35,11 +37,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.random.primitive_cells = False  # the committed data: max_atoms counts conventional cells
   c.random.max_attempts = 40
 
+  # The paper's protocol, as the relaxer's defaults (crystal_search.relax.teacher_settings):
+  # smass 2, potim 0.4, fmax 0.05 eV/Å, smax 5 kBar (VASP's EDIFFG<0 checks forces only; the
+  # cell must also settle here).
+  paper = teacher_settings()
   c.relax = ml_collections.ConfigDict()
-  c.relax.smass = 2.0
-  c.relax.potim = 0.4
-  c.relax.fmax = 0.05  # eV/Å
-  c.relax.smax = 5.0  # kBar (VASP's EDIFFG<0 checks forces only; the cell must also settle here)
+  c.relax.smass = paper["smass"]
+  c.relax.potim = paper["potim"]
+  c.relax.fmax = paper["fmax"]  # eV/Å
+  c.relax.smax = paper["smax"]  # kBar
   c.relax.max_steps = 300  # CPU-scale cap (paper: run to convergence)
 
   c.teacher = ml_collections.ConfigDict()
