@@ -740,3 +740,21 @@ def test_automatic_batch_sizes_are_powers_of_two_and_compaction_skips_small_step
   assert stats["batch_sizes"] == {8: 4}
   assert stats["compactions"] == 0 and stats["compiles"] == 1
   assert all(r.converged for r in results)
+
+
+@pytest.mark.parametrize("optimizer", relax.OPTIMIZERS)
+def test_every_optimizer_keeps_a_converged_start_and_flags_an_overlapping_one(optimizer):
+  """In one batch: a relaxed fcc cell stops at step 0, two atoms 0.3 Å apart fail as ``overlap``
+  (never returned as converged), and a perturbed cell still converges."""
+  a_ref, _ = _fcc_reference_a()
+  relaxed = _perturbed_fcc(0, a=a_ref, displacement=0.0, strain=0.0)
+  overlapping = _perturbed_fcc(1, supercell=(2, 1, 1))
+  overlapping.replace(
+    1, "Ar", overlapping[0].coords + np.array([0.3, 0.0, 0.0]), coords_are_cartesian=True
+  )
+  start, bad, moving = relax.relax_structures(
+    [relaxed, overlapping, _perturbed_fcc(2)], LJ, optimizer=optimizer, fmax=0.02, smax=0.5
+  )
+  assert start.converged and start.steps == 0 and not start.failed
+  assert bad.failed and bad.failure_reason == "overlap" and not bad.converged
+  assert moving.converged and moving.steps > 0 and not moving.failed
