@@ -72,8 +72,9 @@ _OUT = flags.DEFINE_string("output_dir", None, "Directory for the report.")
 _MODEL = flags.DEFINE_string(
   "model",
   None,
-  "Force/stress model directory, or 'fast' for the packaged model ~2.4x cheaper a step "
-  "(default: the packaged, most accurate model).",
+  "Relax every cell with this one model: a model directory, 'default' or 'fast' (the packaged "
+  "model ~3x cheaper a step). Without it the fast model screens and the default model polishes "
+  "(--search.screen_model, screen_fmax, polish_top_k, polish_window).",
 )
 _ENERGY_MODEL = flags.DEFINE_string(
   "energy_model", None, "Energy model directory for ranking (default: the shipped one)."

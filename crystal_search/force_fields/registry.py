@@ -20,7 +20,7 @@ PRETRAINED_DIR = os.path.join(
 )
 #: The packaged force/stress models by name (``--model=NAME``, resolved by
 #: :func:`make_force_field`): ``default`` is the most accurate (loaded when no model is given),
-#: ``fast`` a smaller network, ~2.4x cheaper a step.
+#: ``fast`` a smaller network, ~3x cheaper a step (the search's screening model).
 PRETRAINED_MODELS = {"default": "force_stress", "fast": "force_stress_fast"}
 
 
