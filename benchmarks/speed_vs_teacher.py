@@ -46,10 +46,25 @@ _MAX_STEPS = flags.DEFINE_integer("max_steps", 1000, "Step cap of every relaxati
 _SETTINGS = flags.DEFINE_string(
   "settings", ",".join(SETTINGS), f"Our settings to run ({', '.join(SETTINGS)})."
 )
+_EXTRA = flags.DEFINE_string(
+  "extra_models",
+  "",
+  "More models, NAME=DIR,...: each relaxes the same cells with L-BFGS as setting NAME_lbfgs "
+  "(e.g. earlier, smaller configs' exports, for the accuracy-speed curve of screening models).",
+)
 _CORES = flags.DEFINE_string("cores", "0,1", "Cores for ours and the teacher ('': no pinning).")
 _WORK = flags.DEFINE_string("work_dir", "runs/speed_vs_teacher", "Per-part JSON (resumable).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/speed_vs_teacher.json", "Report.")
 _PART = flags.DEFINE_string("part", None, "Internal: run one part ('teacher' or a setting).")
+
+
+def _settings() -> dict:
+  """:data:`SETTINGS` and the ``--extra_models`` ones."""
+  out = dict(SETTINGS)
+  for item in [x.strip() for x in _EXTRA.value.split(",") if x.strip()]:
+    name, _, path = item.partition("=")
+    out[f"{name}_lbfgs"] = (path, "lbfgs", None, None)
+  return out
 
 
 def _cells():
@@ -61,7 +76,7 @@ def part_ours(name: str) -> dict:
   from crystal_search import relax, search
   from crystal_search.force_fields.registry import make_force_field
 
-  model, optimizer, fmax, polish = SETTINGS[name]
+  model, optimizer, fmax, polish = _settings()[name]
   cfg = search.get_search_config()
   first_fmax = float(cfg.screen_fmax) if fmax == "screen" else _FMAX.value
   cells = _cells()
@@ -111,6 +126,7 @@ def part_teacher() -> dict:
 def _run_part(name: str, core: str | None) -> dict:
   """Run one part in a fresh process (pinned to ``core``) unless its JSON is already there."""
   args = [f"--{f}={flags.FLAGS[f].value}" for f in ("compositions", "num", "seed", "fmax")]
+  args += [f"--extra_models={_EXTRA.value}"]
   args += [f"--max_steps={_MAX_STEPS.value}", f"--work_dir={_WORK.value}"]
   env = {"CRYSTAL_SEARCH_JAX_CACHE": "off"}
   return _common.run_part(__file__, name, args, work_dir=_WORK.value, core=core, env=env)

@@ -114,6 +114,7 @@ def test_train_large_runs_its_stages_and_packs_their_models(tmp_path, stages):
 def test_relax_gpu_script_dry_runs_on_the_cpu(tmp_path):
   """The GPU relaxation benchmark, as the device call runs it, on 2 cells for 3 steps."""
   env = dict(os.environ, OUT=str(tmp_path), WHEELS="", STARTS="", EXTRA="--num=2 --max_steps=3")
+  env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # this python3
   out = subprocess.run(
     ["bash", "scripts/device/relax_gpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True
   )
