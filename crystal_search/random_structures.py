@@ -305,13 +305,20 @@ def push_apart(
   kinds = sorted(set(symbols))
   table = np.array([[config.pair_separation(a, b) for b in kinds] for a in kinds])
   kind = np.array([kinds.index(x) for x in symbols])
-  lattice = structure.lattice.matrix
+  # pymatgen's neighbour kernel (what Structure.get_neighbor_list calls) on plain arrays: no
+  # Structure is built per step.
+  from pymatgen.optimization.neighbors import find_points_in_spheres
+
+  lattice = np.ascontiguousarray(structure.lattice.matrix, dtype=float)
   inv = np.linalg.inv(lattice)
   frac = structure.frac_coords.copy()
   cutoff = float(table.max()) * margin
-  current = structure
-  for _ in range(max_steps):
-    centers, neighbors, images, distances = current.get_neighbor_list(r=cutoff)
+  pbc = np.ones(3, np.int64)
+  for step in range(max_steps):
+    cart = np.ascontiguousarray(frac @ lattice, dtype=float)
+    centers, neighbors, images, distances = find_points_in_spheres(
+      cart, cart, r=cutoff, pbc=pbc, lattice=lattice, tol=1e-8
+    )
     keep = distances > 1e-8
     centers, neighbors, images, distances = (
       centers[keep],
@@ -321,9 +328,8 @@ def push_apart(
     )
     dmin = table[kind[centers], kind[neighbors]]
     if np.all(distances >= dmin):
-      return current
+      return structure if step == 0 else Structure(structure.lattice, structure.species, frac)
     overlap = np.maximum(margin * dmin - distances, 0.0)
-    cart = frac @ lattice
     vec = cart[centers] - (cart[neighbors] + images @ lattice)  # from neighbour to centre
     push = (overlap / distances)[:, None] * vec
     disp = np.zeros_like(cart)
@@ -332,8 +338,24 @@ def push_apart(
     if largest > 0.2:
       disp *= 0.2 / largest
     frac = frac + disp @ inv
-    current = Structure(structure.lattice, structure.species, frac)
   return None
+
+
+@functools.cache
+def _pyxtal_without_repeated_tolerances() -> None:
+  """pyxtal's Wyckoff merging calls ``check_images(..., tol=...)`` without a ``Tol_matrix``, and
+  ``check_images`` then builds a default one per call (a quarter of a symmetric cell's generation
+  time) that a given ``tol`` leaves unused: pass one built once (read-only there; same results)."""
+  import pyxtal.symmetry
+  from pyxtal.tolerance import Tol_matrix
+
+  inner = pyxtal.symmetry.check_images
+  default = Tol_matrix(prototype="atomic")
+
+  def check_images(*args, tm=None, **kwargs):
+    return inner(*args, tm=default if tm is None else tm, **kwargs)
+
+  pyxtal.symmetry.check_images = check_images
 
 
 def _one_attempt(
@@ -347,6 +369,8 @@ def _one_attempt(
 ) -> tuple[Structure | None, dict]:
   from pyxtal import pyxtal
   from pyxtal.lattice import Lattice as PyxtalLattice
+
+  _pyxtal_without_repeated_tolerances()
 
   unit = composition.reduced_composition
   species = [el.symbol for el in unit]
