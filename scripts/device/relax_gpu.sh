@@ -15,13 +15,7 @@ WHEELS=${WHEELS-.whl}
 STARTS=${STARTS-$WHEELS/starts.npz}
 EXTRA=${EXTRA:-}
 exec > >(tee -a "$OUT/log.txt") 2>&1
-if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+. "$(dirname "$0")/wheels.sh"
 export PYTHONUNBUFFERED=1
 args=(--out="$OUT/gpu_relax.json")
 if [ -n "$STARTS" ]; then args+=(--starts="$STARTS"); fi

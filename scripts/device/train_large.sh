@@ -30,13 +30,7 @@ T0=$(date +%s)
 exec > >(tee -a "$OUT/log.txt") 2>&1
 elapsed_min() { python3 -c "print(round(($(date +%s) - $T0) / 60, 2))"; }
 
-if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+. "$(dirname "$0")/wheels.sh"
 export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 python3 - <<'PY' || exit 1
