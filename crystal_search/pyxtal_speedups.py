@@ -1,0 +1,139 @@
+"""Faster equivalents of pyxtal's hot helpers for random symmetric cells, same results.
+
+Most of a symmetric random cell's generation time is pyxtal's Wyckoff merging
+(``Wyckoff_position.merge``), which evaluates tiny NumPy expressions hundreds of thousands of
+times per search.  :func:`install` replaces four of its helpers by versions that do the same
+arithmetic with less Python around it:
+
+* ``check_images(..., tol=...)`` without a ``Tol_matrix`` builds a default one per call that a
+  given ``tol`` leaves unused: one is built once and passed (read-only there);
+* ``create_matrix`` (the 27 neighbouring cell offsets) is built per call: cached per
+  periodicity, a fresh copy returned (callers add to it in place);
+* ``Wyckoff_position.copy`` is a deep copy of the whole position per merge; ``merge`` only reads
+  the copy and passes it on (the copies never get written to): a shallow copy;
+* ``Wyckoff_position.search_generator_dist`` loops over the group's operations one 3-vector at a
+  time: the same per-operation arithmetic over all operations at once.
+
+``tests/test_random_structures.py`` checks that seeded draws are bit-identical with and without
+them.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+
+__all__ = ["install"]
+
+
+@functools.cache
+def _offsets(pbc: tuple[bool, bool, bool], omit: bool) -> np.ndarray:
+  axes = [[-1, 0, 1] if p else [0] for p in pbc]
+  rows = [[i, j, k] for i in axes[0] for j in axes[1] for k in axes[2]]
+  if omit:
+    rows = [r for r in rows if r != [0, 0, 0]]
+  out = np.array(rows, dtype=float)
+  out.flags.writeable = False
+  return out
+
+
+def create_matrix(PBC=None, omit=False):  # noqa: N803 - pyxtal's signature
+  """pyxtal's ``operations.create_matrix``: the neighbouring cell offsets (a fresh array)."""
+  pbc = (1, 1, 1) if PBC is None else PBC
+  return _offsets(tuple(bool(p) for p in pbc), bool(omit)).copy()
+
+
+def _affine_stack(ops) -> np.ndarray:
+  """``(n, 4, 4)`` affine matrices of a list of SymmOps, cached on the list's identity."""
+  key = id(ops)
+  hit = _AFFINE_CACHE.get(key)
+  if hit is None or hit[0] is not ops:
+    hit = (ops, np.array([op.affine_matrix for op in ops]))
+    _AFFINE_CACHE[key] = hit
+  return hit[1]
+
+
+_AFFINE_CACHE: dict[int, tuple[object, np.ndarray]] = {}
+#: pyxtal's own functions that :func:`install` replaced, by name (for the tests).
+ORIGINALS: dict[str, object] = {}
+
+
+def _search_generator_dist(original):
+  def search_generator_dist(self, pt, lattice=None, group=None):
+    if self.index == 0 or group is None:
+      return original(self, pt, lattice, group)
+    if lattice is None:
+      lattice = np.eye(3)
+    # SymmOp.operate(p) is np.dot(affine, [p, 1])[:3], one BLAS call per operation as there
+    # (a batched product rounds differently in the last bit).
+    point, first = np.append(pt, 1.0), self.ops[0].affine_matrix
+    pts = np.array([np.dot(a, point)[:3] for a in _affine_stack(group[0].ops)])
+    shifted = np.array([np.dot(first, np.append(p, 1.0))[:3] for p in pts])
+    coords = shifted - pts
+    # pyxtal's distance() per row: wrapped into the cell, the shortest of the 27 images.
+    pbc = self.PBC
+    for i in range(3):
+      if pbc[i] > 0:
+        coords[:, i] -= np.floor(coords[:, i])
+    images = (create_matrix(PBC=pbc)[None, :, :] + coords[:, None, :]) @ lattice
+    distances = np.min(np.linalg.norm(images, axis=2), axis=1)
+    best = int(np.argmin(distances))
+    return pts[best], distances[best]
+
+  return search_generator_dist
+
+
+def _distance_matrix(original):
+  def distance_matrix(pts1, pts2, lattice, PBC=None, single=False, metric="euclidean"):  # noqa: N803
+    pbc = [1, 1, 1] if PBC is None else PBC
+    if list(pbc) == [0, 0, 0]:
+      return original(pts1, pts2, lattice, PBC, single, metric)
+    from pyxtal.operations import filtered_coords
+    from scipy.spatial.distance import cdist
+
+    l1 = np.dot(filtered_coords(pts1, PBC=pbc), lattice)
+    l2 = np.dot(filtered_coords(pts2, PBC=pbc), lattice)
+    offsets = np.dot(create_matrix(PBC=pbc), lattice)
+    # One cdist over the 27 shifted copies of pts1 instead of 27 calls: the same numbers.
+    shifted = (offsets[:, None, :] + l1[None, :, :]).reshape(-1, 3)
+    all_distances = cdist(shifted, l2, metric).reshape(len(offsets), len(l1), len(l2))
+    return np.min(all_distances) if single else np.min(all_distances, axis=0)
+
+  return distance_matrix
+
+
+@functools.cache
+def install() -> None:
+  """Install the faster helpers into pyxtal (once per process)."""
+  import pyxtal.lattice
+  import pyxtal.operations
+  import pyxtal.symmetry
+  import pyxtal.wyckoff_site
+  from pyxtal.tolerance import Tol_matrix
+
+  wp = pyxtal.symmetry.Wyckoff_position
+  ORIGINALS.update(
+    check_images=pyxtal.symmetry.check_images,
+    create_matrix=pyxtal.operations.create_matrix,
+    distance_matrix=pyxtal.operations.distance_matrix,
+    copy=wp.copy,
+    search_generator_dist=wp.search_generator_dist,
+  )
+  inner = pyxtal.symmetry.check_images
+  default = Tol_matrix(prototype="atomic")
+
+  def check_images(*args, tm=None, **kwargs):
+    return inner(*args, tm=default if tm is None else tm, **kwargs)
+
+  pyxtal.symmetry.check_images = check_images
+  for module in (pyxtal.operations, pyxtal.symmetry, pyxtal.wyckoff_site, pyxtal.lattice):
+    if hasattr(module, "create_matrix"):
+      module.create_matrix = create_matrix
+  fast = _distance_matrix(pyxtal.operations.distance_matrix)
+  for module in (pyxtal.operations, pyxtal.symmetry, pyxtal.wyckoff_site):
+    if hasattr(module, "distance_matrix"):
+      module.distance_matrix = fast
+  wp.copy = lambda self: copy.copy(self)
+  wp.search_generator_dist = _search_generator_dist(wp.search_generator_dist)

@@ -1,0 +1,73 @@
+"""The faster pyxtal helpers give pyxtal's own numbers."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from crystal_search import pyxtal_speedups
+
+
+@pytest.fixture(scope="module")
+def originals():
+  pyxtal_speedups.install()
+  return pyxtal_speedups.ORIGINALS
+
+
+def _lattice(rng):
+  return np.eye(3) * rng.uniform(4, 9, 3) + rng.uniform(-1.5, 1.5, (3, 3))
+
+
+def test_create_matrix_is_pyxtals_and_a_fresh_copy(originals):
+  for pbc in ([1, 1, 1], [1, 0, 1], [0, 0, 1], None):
+    for omit in (False, True):
+      ours = pyxtal_speedups.create_matrix(PBC=pbc, omit=omit)
+      np.testing.assert_array_equal(ours, originals["create_matrix"](PBC=pbc, omit=omit))
+      ours += 1.0  # callers add in place: the cache must not see it
+      np.testing.assert_array_equal(
+        pyxtal_speedups.create_matrix(PBC=pbc, omit=omit),
+        originals["create_matrix"](PBC=pbc, omit=omit),
+      )
+
+
+def test_distance_matrix_is_bit_identical(originals):
+  import pyxtal.operations
+
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    lattice = _lattice(rng)
+    a, b = rng.uniform(-0.5, 1.5, (int(rng.integers(1, 6)), 3)), rng.uniform(0, 1, (7, 3))
+    for single in (False, True):
+      for metric in ("euclidean", "sqeuclidean"):
+        want = originals["distance_matrix"](a.copy(), b.copy(), lattice, single=single,
+                                            metric=metric)  # fmt: skip
+        got = pyxtal.operations.distance_matrix(a.copy(), b.copy(), lattice, single=single,
+                                                metric=metric)  # fmt: skip
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("number", [220, 166, 194, 225, 62, 12])
+def test_search_generator_dist_is_bit_identical(originals, number):
+  from pyxtal.symmetry import Group
+
+  group = Group(number)
+  rng = np.random.default_rng(number)
+  for wp in group:
+    for _ in range(5):
+      pt, lattice = rng.uniform(0, 1, 3), _lattice(rng)
+      want = originals["search_generator_dist"](wp, pt.copy(), lattice, group)
+      got = wp.search_generator_dist(pt.copy(), lattice, group)
+      np.testing.assert_array_equal(got[0], want[0])
+      assert got[1] == want[1]
+
+
+def test_merge_leaves_the_groups_positions_untouched(originals):
+  from pyxtal.symmetry import Group
+
+  group = Group(220)
+  before = [copy.deepcopy(wp.ops) for wp in group]
+  rng = np.random.default_rng(1)
+  for _ in range(30):
+    group[0].merge(rng.uniform(0, 1, 3), _lattice(rng), 1.5, group=group)
+  for wp, ops in zip(group, before, strict=True):
+    assert [o.affine_matrix.tolist() for o in wp.ops] == [o.affine_matrix.tolist() for o in ops]
