@@ -192,3 +192,31 @@ def test_known_phase_is_none_for_a_random_structure(references):
     Lattice.cubic(5.0), ["Li", "Li", "Si"], [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5]]
   )
   assert metrics.known_phase(li2si, references) is None
+
+
+def test_reducing_matcher_answers_as_pymatgens_and_sees_changes_in_place():
+  import pickle
+
+  from pymatgen.analysis.structure_matcher import StructureMatcher
+
+  plain = StructureMatcher(**metrics.RELAXED_MATCHER_SETTINGS)
+  ours = metrics.default_matcher()
+  assert isinstance(ours, metrics.ReducingMatcher)
+  base = _rock_salt_lisi()
+  noisy = base.copy()
+  noisy.perturb(0.05)
+  pairs = [
+    (base, base * (2, 1, 1)),
+    (base, noisy),
+    (_random_p1(0), _random_p1(1)),
+    (_diamond_si(), _diamond_si() * (1, 1, 2)),
+    (base, _diamond_si()),
+  ]
+  for a, b in pairs:
+    for sym in (False, True):
+      assert ours.fit(a, b, symmetric=sym) == plain.fit(a, b, symmetric=sym)
+  moved = base.copy()
+  assert ours.fit(base, moved)
+  moved.translate_sites([0], [0.3, 0.1, 0.0])  # changed in place: reduced again, no stale match
+  assert ours.fit(base, moved) == plain.fit(base, moved) is False
+  assert pickle.loads(pickle.dumps(ours))._reduced == {}
