@@ -31,6 +31,7 @@ import statistics
 import time
 
 import _common  # benchmarks/_common.py (this folder is on sys.path)
+import numpy as np
 from absl import app, flags
 
 _MODELS = flags.DEFINE_string("models", "default,fast", "Packaged model names or directories.")
@@ -175,7 +176,7 @@ def compile_times(ff, structures, *, config, batch_sizes) -> dict:
       traj = relax.state.empty_trajectory(1, b, width)
       runner = driver._chunk_fn(sized, params, int(config.chunk_steps), 0)
       t0 = time.perf_counter()
-      jax.jit(runner).lower(state, traj).compile()
+      jax.jit(runner).lower(state, traj, np.int32(b + 1)).compile()
       out[f"{width}x{b}"] = time.perf_counter() - t0
   return out
 

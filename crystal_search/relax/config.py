@@ -51,6 +51,9 @@ def get_relax_config() -> ml_collections.ConfigDict:
     min_volume_ratio, max_volume_ratio: volume bounds relative to the initial volume.
     chunk_steps: steps per jit-compiled chunk between in-flight slot refills.
     in_flight: refill finished slots from the queue (False: one batch runs to the end).
+    refill_fraction: while structures wait in the queue, a chunk ends early once this
+      fraction of the batch (at least one slot) has finished in it, so finished slots are
+      refilled instead of idling to the chunk's end.
     compact: once the queue is empty and the unfinished structures fit in a smaller
       power-of-two batch (times the device count), move them into the smallest that holds
       them, so finished slots stop costing force evaluations (jittable force fields; each
@@ -61,7 +64,11 @@ def get_relax_config() -> ml_collections.ConfigDict:
       batch costs more than the finished slots of a small one).
     memory_budget_mb: MB per batch used to choose the batch size (rounded down to a power of
       two per device, so that shapes recur between calls).
-    max_batch_size: upper bound on the batch size.
+    max_batch_size: upper bound on the batch size on accelerators.
+    cpu_max_batch_size: upper bound on the batch size on CPUs.  A core gains nothing from
+      wider batches (the cost per structure-slot and step is flat or lower at 8 than at 128,
+      ``benchmarks/results/batch_policy.md``), while narrow batches leave fewer slots idle
+      behind slow relaxations and compile fewer batch shapes.
     max_retries: force-field capacity growths allowed per chunk (overflow).
   """
   c = ml_collections.ConfigDict()
@@ -91,11 +98,13 @@ def get_relax_config() -> ml_collections.ConfigDict:
   c.max_volume_ratio = 3.0
   c.chunk_steps = 25
   c.in_flight = True
+  c.refill_fraction = 0.25
   c.compact = True
   c.compact_factor = 4
   c.compact_min_batch = 16
   c.memory_budget_mb = 1024
   c.max_batch_size = 256
+  c.cpu_max_batch_size = 8
   c.max_retries = 8
   return c
 
@@ -136,9 +145,10 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   need(c.optimizer in OPTIMIZERS, "optimizer", " or ".join(repr(o) for o in OPTIMIZERS))
   need(c.fire_dt <= c.fire_dt_max, "fire_dt", f"<= fire_dt_max = {c.fire_dt_max}")
   need(_finite(c.smass) and 0.0 <= c.smass <= 2.0, "smass", "in [0, 2] (2 = steepest descent)")
+  need(_finite(c.refill_fraction) and 0 < c.refill_fraction <= 1, "refill_fraction", "in (0, 1]")
   need(_is_int(c.compact_factor) and c.compact_factor >= 2, "compact_factor", "an integer >= 2")
   need(_is_int(c.compact_min_batch) and c.compact_min_batch >= 1, "compact_min_batch", ">= 1")
-  for field in ("max_steps", "chunk_steps", "max_batch_size", "lbfgs_memory"):
+  for field in ("max_steps", "chunk_steps", "max_batch_size", "cpu_max_batch_size", "lbfgs_memory"):
     need(_is_int(c[field]) and c[field] >= 1, field, "an integer >= 1")
   need(_is_int(c.trajectory_every) and c.trajectory_every >= 0, "trajectory_every", ">= 0")
   need(_is_int(c.max_retries) and c.max_retries >= 0, "max_retries", "an integer >= 0")

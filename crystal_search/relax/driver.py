@@ -34,7 +34,9 @@ from crystal_search.relax.state import (
 
 
 def _chunk_fn(force_field, params: DynamicsParams, chunk_steps: int, every: int):
-  """``(state, traj) -> (state, traj, iterations)``: up to ``chunk_steps`` steps in one jit."""
+  """``(state, traj, refill_at) -> (state, traj, iterations)``: up to ``chunk_steps`` steps in
+  one jit, ending early once ``refill_at`` (an int32 scalar) structures have finished in it, so
+  that their slots are refilled without idling to the chunk's end."""
 
   def step(state, traj):
     moved = move(state, params)
@@ -43,11 +45,17 @@ def _chunk_fn(force_field, params: DynamicsParams, chunk_steps: int, every: int)
       traj = record(traj, after, _written(moved, after), every)
     return after, traj
 
-  def run(state, traj):
+  def idle(s):
+    return jnp.sum(~(active(s, params) | s.fresh))
+
+  def run(state, traj, refill_at):
+    idle0 = idle(state)
+
     def cond(carry):
       s, _, it = carry
       busy = jnp.any(active(s, params) | s.fresh)
-      return (it < chunk_steps) & busy & ~jnp.any(s.overflow)
+      room = idle(s) - idle0 < refill_at
+      return (it < chunk_steps) & busy & room & ~jnp.any(s.overflow)
 
     def body(carry):
       s, tr, it = carry
@@ -93,10 +101,14 @@ class _HostChunk:
   def _cache_size(self) -> int:
     return self.move._cache_size() + self.observe._cache_size() + self.record._cache_size()
 
-  def __call__(self, state, traj):
+  def _idle(self, state) -> int:
+    return int(np.sum(~np.asarray(active(state, self.params) | state.fresh)))
+
+  def __call__(self, state, traj, refill_at):
     it = 0
     state = jax.tree_util.tree_map(jnp.asarray, state)
-    while it < self.chunk_steps:
+    idle0 = self._idle(state)
+    while it < self.chunk_steps and self._idle(state) - idle0 < int(refill_at):
       if not bool(np.any(np.asarray(active(state, self.params) | state.fresh))):
         break
       if bool(np.any(np.asarray(state.overflow))):
@@ -192,6 +204,12 @@ def choose_batch_size(
   fit = int(memory_budget_mb * 2**20 * num_devices // max(per, 1))
   b = max(1, min(fit, max_batch_size))
   return int(math.ceil(b / num_devices) * num_devices)
+
+
+def _max_batch_size(cfg) -> int:
+  """``cfg.cpu_max_batch_size`` on CPUs, ``cfg.max_batch_size`` on accelerators."""
+  on_cpu = jax.default_backend() == "cpu"
+  return int(cfg.cpu_max_batch_size if on_cpu else cfg.max_batch_size)
 
 
 def _mesh_sharding(num_devices: int):
@@ -387,12 +405,14 @@ class _Driver:
     traj = jax.tree_util.tree_map(lambda x: jax.device_put(x, shard(1, np.ndim(x))), traj)
     return state, traj
 
-  def _run_chunk(self, state, traj, chunk: int):
+  def _run_chunk(self, state, traj, chunk: int, refill_at: int):
     """One chunk with overflow retry: ``force_field.grow()`` and rerun from the chunk start."""
     for attempt in range(int(self.cfg.max_retries) + 1):
       dev_state, dev_traj = self._put(state, traj)
       t0 = time.perf_counter()
-      dev_state, dev_traj, iterations = self._runner(chunk)(dev_state, dev_traj)
+      dev_state, dev_traj, iterations = self._runner(chunk)(
+        dev_state, dev_traj, np.int32(refill_at)
+      )
       jax.block_until_ready(dev_state)
       self._device_seconds += time.perf_counter() - t0
       self.info["chunks"] += 1
@@ -420,7 +440,7 @@ class _Driver:
         width,
         self.force_field,
         memory_budget_mb=cfg.memory_budget_mb,
-        max_batch_size=cfg.max_batch_size,
+        max_batch_size=_max_batch_size(cfg),
         trajectory_frames=self.frames if every else 0,
         num_devices=d,
       )
@@ -454,7 +474,9 @@ class _Driver:
     state, traj = refill(state, traj, list(range(b)))
     while any(k is not None for k in slot_of):
       before = np.where(state.fresh, -1, state.step)
-      state, traj = self._run_chunk(state, traj, chunk)
+      # With structures waiting, end the chunk once a share of the batch has finished.
+      refill_at = max(1, math.ceil(b * float(cfg.refill_fraction))) if queue else b + 1
+      state, traj = self._run_chunk(state, traj, chunk, refill_at)
       real = state.crystals.n_atoms > 0
       self.info["structure_steps"] += int(np.sum(np.where(real, state.step - before, 0)))
       done = (
