@@ -44,7 +44,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random cells.")
 _CORE = flags.DEFINE_string("core", "0", "Core the parts run on ('': no pinning).")
 _WORK = flags.DEFINE_string("work_dir", "runs/batch_policy", "Per-part JSON (resumable).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/batch_policy.json", "Report.")
-_PART = flags.DEFINE_string("part", None, "Internal: run one part (MODEL:POLICY).")
+_PART = flags.DEFINE_string("part", None, "Internal: run one part (MODEL__POLICY).")
 
 
 def _cells():
@@ -77,7 +77,7 @@ def part(name: str) -> dict:
   from crystal_search import relax, search
   from crystal_search.force_fields.registry import make_force_field
 
-  model, policy = name.split(":")
+  model, policy = name.split("__")
   cfg = search.get_search_config()
   cells = _cells()
   ff = make_force_field("model", model=model)
@@ -98,7 +98,7 @@ def part(name: str) -> dict:
 def main(argv):
   del argv
   if _PART.value:
-    _common.write_part(_WORK.value, _PART.value.replace(":", "__"), part(_PART.value))
+    _common.write_part(_WORK.value, _PART.value, part(_PART.value))
     return
   _cells()  # drawn once, shared by the parts
   machine = _common.machine()

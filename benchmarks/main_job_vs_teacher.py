@@ -58,11 +58,16 @@ def _config():
 
 
 def part_search(tag: str) -> dict:
+  return run_main_job(_config(), tag=tag)
+
+
+def run_main_job(config, *, tag: str) -> dict:
+  """One search of ``config`` with the packaged models (a temporary output directory): wall
+  time, stage times, counts and the rows of known phases (``hits``: relaxations ending in one)."""
   import tempfile
 
   from crystal_search import search
 
-  config = _config()
   force_field, energy_fn = search.load_force_field("model")
   screen = search.load_screen_force_field(config.screen_model)
   out = os.path.join(tempfile.mkdtemp(), tag)

@@ -11,6 +11,8 @@ arithmetic with less Python around it:
   periodicity, a fresh copy returned (callers add to it in place);
 * ``Wyckoff_position.copy`` is a deep copy of the whole position per merge; ``merge`` only reads
   the copy and passes it on (the copies never get written to): a shallow copy;
+* ``Group.check_compatible`` (which Wyckoff combinations can hold the atoms) is solved anew
+  per random cell: cached per group and atom counts (it draws nothing at random);
 * ``Wyckoff_position.search_generator_dist`` loops over the group's operations one 3-vector at a
   time: the same per-operation arithmetic over all operations at once.
 
@@ -104,6 +106,25 @@ def _distance_matrix(original):
   return distance_matrix
 
 
+def _check_compatible(original):
+  cache: dict = {}
+
+  def check_compatible(self, numIons, verbose=False):  # noqa: N803 - pyxtal's signature
+    if verbose:
+      return original(self, numIons, verbose)
+    key = (
+      self.number,
+      getattr(self, "hall_number", None),
+      self.dim,
+      tuple(int(n) for n in numIons),
+    )
+    if key not in cache:
+      cache[key] = original(self, numIons)
+    return cache[key]
+
+  return check_compatible
+
+
 @functools.cache
 def install() -> None:
   """Install the faster helpers into pyxtal (once per process)."""
@@ -120,7 +141,10 @@ def install() -> None:
     distance_matrix=pyxtal.operations.distance_matrix,
     copy=wp.copy,
     search_generator_dist=wp.search_generator_dist,
+    check_compatible=pyxtal.symmetry.Group.check_compatible,
   )
+  group = pyxtal.symmetry.Group
+  group.check_compatible = _check_compatible(group.check_compatible)
   inner = pyxtal.symmetry.check_images
   default = Tol_matrix(prototype="atomic")
 

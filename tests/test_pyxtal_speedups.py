@@ -71,3 +71,14 @@ def test_merge_leaves_the_groups_positions_untouched(originals):
     group[0].merge(rng.uniform(0, 1, 3), _lattice(rng), 1.5, group=group)
   for wp, ops in zip(group, before, strict=True):
     assert [o.affine_matrix.tolist() for o in wp.ops] == [o.affine_matrix.tolist() for o in ops]
+
+
+def test_check_compatible_is_pyxtals(originals):
+  from pyxtal.symmetry import Group
+
+  for number in (1, 12, 62, 166, 220, 225):
+    group = Group(number)
+    for counts in ([60, 16], [30, 8], [4, 4], [7, 3], [1], [48, 12]):
+      want = originals["check_compatible"](group, counts)
+      assert group.check_compatible(counts) == want
+      assert group.check_compatible(list(counts)) == want  # cached
