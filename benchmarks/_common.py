@@ -207,3 +207,73 @@ def write_part(work_dir: str, name: str, out: dict) -> None:
   with open(path + ".tmp", "w") as f:
     json.dump(out, f)
   os.replace(path + ".tmp", path)
+
+
+# The README's main job (scripts/main.sh), shared by the benchmarks that run it.
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The main job's command line, as ``scripts/main.sh`` runs it.
+MAIN_JOB = os.path.join(_ROOT, "scripts", "main.sh")
+
+
+def main_job_flags() -> list[str]:
+  """The ``--flags`` of the ``crystal-search search`` line of ``scripts/main.sh``."""
+  with open(MAIN_JOB) as f:
+    text = f.read().replace("\\\n", " ")
+  line = next(x for x in text.splitlines() if "crystal-search search" in x)
+  words = shlex.split(line.split("crystal-search search", 1)[1])
+  return [w for w in words if w.startswith("--") and not w.startswith("--output_dir")]
+
+
+def main_job_config():
+  """The main job's search config (its flags over the defaults)."""
+  from crystal_search import search
+
+  config = search.get_search_config()
+  for w in main_job_flags():
+    key, _, value = w[2:].partition("=")
+    key = key.removeprefix("search.")
+    if key in config:
+      default = config[key]
+      config[key] = type(default)(value) if not isinstance(default, bool) else value != "false"
+    elif key.startswith("no") and key[2:] in config:
+      config[key[2:]] = False
+  return config
+
+
+def run_main_job(config, *, tag: str) -> dict:
+  """One search of ``config`` with the packaged models (a temporary output directory): wall
+  time, stage times, counts and the rows of known phases (``hits``: relaxations ending in one)."""
+  import tempfile
+
+  from crystal_search import search
+
+  force_field, energy_fn = search.load_force_field("model")
+  screen = search.load_screen_force_field(config.screen_model)
+  out = os.path.join(tempfile.mkdtemp(), tag)
+  t0 = time.perf_counter()
+  result = search.run_search(
+    config,
+    force_field=force_field,
+    energy_fn=energy_fn,
+    screen_force_field=screen,
+    output_dir=out,
+    progress=False,
+  )
+  wall = time.perf_counter() - t0
+  t = result.totals
+  hits = [r for r in result.rows if r["known_phase"]]
+  return {
+    "wall_s": wall,
+    "stages_s": t["wall_time_s"],
+    "relaxed": t["relaxed"],
+    "converged": t["converged"],
+    "failed": t["failed"],
+    "unique": t["unique"],
+    "polished": t.get("polished"),
+    "known_phase_rows": [
+      {k: r[k] for k in ("rank", "known_phase", "count", "space_group", "energy_per_atom")}
+      for r in hits
+    ],
+    "hits": int(sum(r["count"] for r in hits)),
+  }

@@ -1,6 +1,6 @@
 r"""The README's main job against the teacher relaxing the same starts: time per structure, hits.
 
-Runs the search of ``scripts/main.sh`` (its flags, read from :data:`MAIN_JOB`; the packaged
+Runs the search of ``scripts/main.sh`` (its flags, read from :data:`_common.MAIN_JOB`; the packaged
 models, the search's defaults otherwise) in a fresh process with no persistent compilation cache
 (``cold``), and again (``warm``, the compiled programs on disk), and relaxes the first
 ``--teacher_structures`` of the same random starts with CHGNet + ASE FIRE + FrechetCellFilter one
@@ -15,7 +15,6 @@ JSON into ``--work_dir`` as they finish; a rerun skips finished parts.
 from __future__ import annotations
 
 import os
-import shlex
 import time
 
 import _common  # benchmarks/_common.py (this folder is on sys.path)
@@ -27,76 +26,17 @@ _WORK = flags.DEFINE_string("work_dir", "runs/main_job_vs_teacher", "Per-part JS
 _OUT = flags.DEFINE_string("out", "benchmarks/results/main_job_vs_teacher.json", "Report.")
 _PART = flags.DEFINE_string("part", None, "Internal: 'teacher', 'cold' or 'warm'.")
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: The main job's command line, as ``scripts/main.sh`` runs it.
-MAIN_JOB = os.path.join(_ROOT, "scripts", "main.sh")
+
+def _config():
+  return _common.main_job_config()
 
 
 def main_job_flags() -> list[str]:
-  """The ``--flags`` of the ``crystal-search search`` line of ``scripts/main.sh``."""
-  with open(MAIN_JOB) as f:
-    text = f.read().replace("\\\n", " ")
-  line = next(x for x in text.splitlines() if "crystal-search search" in x)
-  words = shlex.split(line.split("crystal-search search", 1)[1])
-  return [w for w in words if w.startswith("--") and not w.startswith("--output_dir")]
-
-
-def _config():
-  """The main job's search config (its flags over the defaults)."""
-  from crystal_search import search
-
-  config = search.get_search_config()
-  for w in main_job_flags():
-    key, _, value = w[2:].partition("=")
-    key = key.removeprefix("search.")
-    if key in config:
-      default = config[key]
-      config[key] = type(default)(value) if not isinstance(default, bool) else value != "false"
-    elif key.startswith("no") and key[2:] in config:
-      config[key[2:]] = False
-  return config
+  return _common.main_job_flags()
 
 
 def part_search(tag: str) -> dict:
-  return run_main_job(_config(), tag=tag)
-
-
-def run_main_job(config, *, tag: str) -> dict:
-  """One search of ``config`` with the packaged models (a temporary output directory): wall
-  time, stage times, counts and the rows of known phases (``hits``: relaxations ending in one)."""
-  import tempfile
-
-  from crystal_search import search
-
-  force_field, energy_fn = search.load_force_field("model")
-  screen = search.load_screen_force_field(config.screen_model)
-  out = os.path.join(tempfile.mkdtemp(), tag)
-  t0 = time.perf_counter()
-  result = search.run_search(
-    config,
-    force_field=force_field,
-    energy_fn=energy_fn,
-    screen_force_field=screen,
-    output_dir=out,
-    progress=False,
-  )
-  wall = time.perf_counter() - t0
-  t = result.totals
-  hits = [r for r in result.rows if r["known_phase"]]
-  return {
-    "wall_s": wall,
-    "stages_s": t["wall_time_s"],
-    "relaxed": t["relaxed"],
-    "converged": t["converged"],
-    "failed": t["failed"],
-    "unique": t["unique"],
-    "polished": t.get("polished"),
-    "known_phase_rows": [
-      {k: r[k] for k in ("rank", "known_phase", "count", "space_group", "energy_per_atom")}
-      for r in hits
-    ],
-    "hits": int(sum(r["count"] for r in hits)),
-  }
+  return _common.run_main_job(_config(), tag=tag)
 
 
 def part_teacher() -> dict:

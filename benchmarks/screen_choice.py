@@ -1,6 +1,6 @@
 r"""Which screening model finds the most per CPU-hour: the main job over several seeds.
 
-Runs the search of ``scripts/main.sh`` (its flags, :func:`main_job_vs_teacher.main_job_flags`)
+Runs the search of ``scripts/main.sh`` (its flags, :func:`_common.main_job_flags`)
 with each packaged screening model of ``--screen_models`` and each seed of ``--seeds``, one
 search per fresh process on ``--core``, all sharing one persistent compilation cache in
 ``--work_dir`` (so each model's first search compiles and the others load).  Reported per model:
@@ -28,13 +28,11 @@ _PART = flags.DEFINE_string("part", None, "Internal: run one search (MODEL__SEED
 
 
 def part(name: str) -> dict:
-  import main_job_vs_teacher
-
   model, seed = name.split("__")
-  config = main_job_vs_teacher._config()
+  config = _common.main_job_config()
   config.screen_model = model
   config.seed = int(seed)
-  out = main_job_vs_teacher.run_main_job(config, tag=name)
+  out = _common.run_main_job(config, tag=name)
   return {"screen_model": model, "seed": int(seed), **out}
 
 
@@ -46,8 +44,6 @@ def main(argv):
     compile_cache.enable()
     _common.write_part(_WORK.value, _PART.value, part(_PART.value))
     return
-  import main_job_vs_teacher
-
   machine = _common.machine()
   cache = os.path.abspath(os.path.join(_WORK.value, "jax_cache"))
   seeds = [int(s) for s in _SEEDS.value.split(",") if s.strip()]
@@ -67,7 +63,7 @@ def main(argv):
     "command": _common.command_line(),
     "machine": machine,
     "date": time.strftime("%Y-%m-%d"),
-    "main_job_flags": main_job_vs_teacher.main_job_flags(),
+    "main_job_flags": _common.main_job_flags(),
     "runs": runs,
   }
   _common.write_report(_OUT.value, report, _lines(report))
