@@ -69,7 +69,8 @@ def get_search_config() -> ml_collections.ConfigDict:
   # Screen, then polish: with the packaged models, the screening model relaxes every cell to
   # screen_fmax, then the accurate model polishes the lowest polish_top_k distinct candidates
   # within polish_window of the best to fmax.  "" relaxes every cell with the accurate model.
-  c.screen_model = "fast"  # packaged model name or model directory; "": no screening
+  # The tiny model screens: the most hits per CPU-hour (benchmarks/results/screen_choice.md).
+  c.screen_model = "tiny"  # packaged model name or model directory; "": no screening
   c.screen_fmax = 0.1  # eV/Å (the paper's threshold)
   c.polish_top_k = 16
   c.polish_window = 0.1  # eV/atom above the best screened candidate

@@ -72,8 +72,9 @@ _OUT = flags.DEFINE_string("output_dir", None, "Directory for the report.")
 _MODEL = flags.DEFINE_string(
   "model",
   None,
-  "Relax every cell with this one model: a model directory, 'default' or 'fast' (the packaged "
-  "model ~3x cheaper a step). Without it the fast model screens and the default model polishes "
+  "Relax every cell with this one model: a model directory, 'default', 'fast' or 'tiny' (the "
+  "packaged models ~3x and ~8x cheaper a step). Without it the tiny model screens and the "
+  "default model polishes "
   "(--search.screen_model, screen_fmax, polish_top_k, polish_window).",
 )
 _ENERGY_MODEL = flags.DEFINE_string(

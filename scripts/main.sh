@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the bundled defaults: search Li15Si4 (the paper's held-out stoichiometry) with
-# the pretrained models shipped in the package (the fast model screens, the default model
+# the pretrained models shipped in the package (the tiny model screens, the default model
 # polishes, the energy model ranks), drawing 38-atom cells of 24 point operations as AIRSS users
 # aim a search with NFORM and SYMMOPS; the report goes to out/main/ (summary.md, summary.json,
 # structures/rank_NNN.cif, energy_volume.png).

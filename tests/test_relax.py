@@ -778,3 +778,30 @@ def test_every_optimizer_keeps_a_converged_start_and_flags_an_overlapping_one(op
   assert start.converged and start.steps == 0 and not start.failed
   assert bad.failed and bad.failure_reason == "overlap" and not bad.converged
   assert moving.converged and moving.steps > 0 and not moving.failed
+
+
+def test_small_buckets_join_the_next_wider_one():
+  from crystal_search.relax.driver import merge_small_buckets
+
+  buckets = {8: [0, 5], 16: [1], 24: [2, 3, 4, 6], 40: [7]}
+  assert merge_small_buckets(buckets, 0) == buckets
+  assert merge_small_buckets(buckets, 3) == {16: [0, 1, 5], 24: [2, 3, 4, 6], 40: [7]}
+  assert merge_small_buckets(buckets, 4) == {24: [0, 1, 2, 3, 4, 5, 6], 40: [7]}
+  assert merge_small_buckets(buckets, 100) == {40: list(range(8))}
+
+
+def test_merged_buckets_relax_like_their_own():
+  """Small cells relaxed in a wider bucket (min_bucket_structures) end where they end alone."""
+  structures = [_perturbed_fcc(90, displacement=0.05)]
+  structures += [_perturbed_fcc(91 + k, displacement=0.05, supercell=(2, 2, 2)) for k in range(2)]
+  stats_apart, stats_merged = {}, {}
+  apart = relax.relax_structures(
+    structures, LJ, stats=stats_apart, min_bucket_structures=0, **TIGHT
+  )
+  merged = relax.relax_structures(
+    structures, LJ, stats=stats_merged, min_bucket_structures=2, **TIGHT
+  )
+  assert len(stats_apart["batch_sizes"]) == 2 and len(stats_merged["batch_sizes"]) == 1
+  for a, b in zip(apart, merged):
+    assert a.converged and b.converged and a.steps == b.steps
+    np.testing.assert_allclose(a.final.frac_coords, b.final.frac_coords, atol=1e-5)

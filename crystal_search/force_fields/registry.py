@@ -20,8 +20,8 @@ PRETRAINED_DIR = os.path.join(
 )
 #: The packaged force/stress models by name (``--model=NAME``, resolved by
 #: :func:`make_force_field`): ``default`` is the most accurate (loaded when no model is given),
-#: ``fast`` a smaller network, ~3x cheaper a step (the search's screening model), ``tiny`` the
-#: 4-block 4 Å network of ``pretrained.py:cutoff4``, ~8x cheaper (the fastest screen).
+#: ``fast`` a smaller network, ~3x cheaper a step, ``tiny`` the 4-block 4 Å network of
+#: ``pretrained.py:cutoff4``, ~8x cheaper (the search's screening model).
 PRETRAINED_MODELS = {
   "default": "force_stress",
   "fast": "force_stress_fast",

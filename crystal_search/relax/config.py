@@ -64,6 +64,9 @@ def get_relax_config() -> ml_collections.ConfigDict:
       batch costs more than the finished slots of a small one).
     memory_budget_mb: MB per batch used to choose the batch size (rounded down to a power of
       two per device, so that shapes recur between calls).
+    min_bucket_structures: a size bucket holding fewer structures than this joins the next
+      wider bucket (0: never): a few structures padded to a wider cell cost less than one more
+      compilation (several seconds per batch shape).
     max_batch_size: upper bound on the batch size on accelerators.
     cpu_max_batch_size: upper bound on the batch size on CPUs.  A core gains nothing from
       wider batches (the cost per structure-slot and step is flat or lower at 8 than at 128,
@@ -103,6 +106,7 @@ def get_relax_config() -> ml_collections.ConfigDict:
   c.compact_factor = 4
   c.compact_min_batch = 16
   c.memory_budget_mb = 1024
+  c.min_bucket_structures = 16
   c.max_batch_size = 256
   c.cpu_max_batch_size = 8
   c.max_retries = 8
@@ -151,6 +155,11 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   for field in ("max_steps", "chunk_steps", "max_batch_size", "cpu_max_batch_size", "lbfgs_memory"):
     need(_is_int(c[field]) and c[field] >= 1, field, "an integer >= 1")
   need(_is_int(c.trajectory_every) and c.trajectory_every >= 0, "trajectory_every", ">= 0")
+  need(
+    _is_int(c.min_bucket_structures) and c.min_bucket_structures >= 0,
+    "min_bucket_structures",
+    "an integer >= 0",
+  )
   need(_is_int(c.max_retries) and c.max_retries >= 0, "max_retries", "an integer >= 0")
   need(_finite(c.min_distance) and c.min_distance >= 0, "min_distance", ">= 0")
   need(

@@ -342,6 +342,7 @@ def relax_structures(
   buckets: dict[int, list[int]] = {}
   for k, s in enumerate(structures):
     buckets.setdefault(crystals_lib.bucket_size(len(s)), []).append(k)
+  buckets = merge_small_buckets(buckets, int(cfg.min_bucket_structures))
   results: list[RelaxResult | None] = [None] * len(structures)
   bar = None
   if progress:
@@ -358,6 +359,21 @@ def relax_structures(
   if stats is not None:
     stats.update(driver.info, force_field=driver.force_field)
   return results  # type: ignore[return-value]
+
+
+def merge_small_buckets(buckets: dict[int, list[int]], minimum: int) -> dict[int, list[int]]:
+  """``{width: indices}`` with every bucket of fewer than ``minimum`` structures moved into the
+  next wider one (the widest keeps what reaches it)."""
+  out: dict[int, list[int]] = {}
+  carry: list[int] = []
+  widths = sorted(buckets)
+  for width in widths:
+    items = sorted(carry + buckets[width])
+    if len(items) < minimum and width != widths[-1]:
+      carry = items
+    else:
+      out[width], carry = items, []
+  return out
 
 
 class _Driver:
