@@ -14,6 +14,11 @@ import shlex
 import sys
 import time
 
+from absl import flags
+
+#: ``--note``: conditions of a run that its report should state (what else ran, what resumed).
+NOTE = flags.DEFINE_string("note", "", "Conditions of the run to state in its report.")
+
 
 def machine(**extra) -> dict:
   """Platform, CPU model and count, Python, JAX backend and devices, load at start; ``extra``
@@ -113,8 +118,13 @@ def table_head(first: str, columns, *, align: str = "---") -> list[str]:
 
 
 def write_report(out: str, report: dict, lines: list[str]) -> None:
-  """``report`` as JSON at ``out`` and ``lines`` as markdown beside it (``.md``), then printed."""
+  """``report`` as JSON at ``out`` and ``lines`` as markdown beside it (``.md``), then printed;
+  ``--note``, when given, goes into both (after the markdown's first paragraph)."""
   import json
+
+  if NOTE.value:
+    report = dict(report, note=NOTE.value)
+    lines = [*lines[:4], NOTE.value, "", *lines[4:]]
 
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:

@@ -44,7 +44,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random cells.")
 _CORE = flags.DEFINE_string("core", "0", "Core the parts run on ('': no pinning).")
 _WORK = flags.DEFINE_string("work_dir", "runs/batch_policy", "Per-part JSON (resumable).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/batch_policy.json", "Report.")
-_NOTE = flags.DEFINE_string("note", "", "Conditions of the run to state in the report.")
 _PART = flags.DEFINE_string("part", None, "Internal: run one part (MODEL__POLICY).")
 
 
@@ -116,7 +115,6 @@ def main(argv):
     "command": _common.command_line(),
     "machine": machine,
     "date": time.strftime("%Y-%m-%d"),
-    "note": _NOTE.value,
     "rows": rows,
   }
   _common.write_report(_OUT.value, report, _lines(report))
@@ -157,7 +155,6 @@ def _lines(r: dict) -> list[str]:
       f"{w['structure_steps'] / max(w['slot_steps'], 1):.2f} | {c['compiles']} | "
       f"{1000 * w['wall_s'] / max(w['slot_steps'], 1):.2f} |"
     )
-  lines += ["", r["note"]] if r.get("note") else []
   lines += [
     "",
     "Policies (`POLICIES` in the script; relaxer config fields): `cpu8` is the default (at most "

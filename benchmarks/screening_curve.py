@@ -6,7 +6,8 @@ cold, atom-steps a second, CHGNet's energy of the finals against the teacher's o
 the paper-table rows of the same configs on all 77 test trajectories
 (``experiments/results/traj77/summary.json``: force and stress MAE on the test frames, relaxed and
 trajectory match).  Rerun ``speed_vs_teacher.py`` with ``--extra_models`` for the exports of
-``pretrained.py:cutoff4``, ``:blocks4`` and ``:blocks6`` (see ``docs/results.md``) first.
+``pretrained.py:blocks4`` and ``:blocks6`` (see ``docs/results.md``) first; the packaged tiny
+model is the export of ``pretrained.py:cutoff4``.
 
   python benchmarks/screening_curve.py
 """
@@ -21,7 +22,7 @@ import _common  # benchmarks/_common.py (this folder is on sys.path)
 
 #: Setting of speed_vs_teacher -> (table row, config, parameters of the network).
 MODELS = {
-  "cutoff4_lbfgs": ("GNN (pretrained.py:cutoff4)", "pretrained.py:cutoff4", "4 blocks × 32, 4 Å"),
+  "tiny_lbfgs": ("GNN (pretrained.py:cutoff4)", "pretrained.py:cutoff4", "4 blocks × 32, 4 Å"),
   "blocks4_lbfgs": ("GNN (pretrained.py:blocks4)", "pretrained.py:blocks4", "4 blocks × 32, 5 Å"),
   "blocks6_lbfgs": ("GNN (pretrained.py:blocks6)", "pretrained.py:blocks6", "6 blocks × 32, 5 Å"),
   "fast_lbfgs": (

@@ -32,8 +32,9 @@ SETTINGS = {
   "default_damped": ("default", "damped", None, None),
   "default_lbfgs": ("default", "lbfgs", None, None),
   "fast_lbfgs": ("fast", "lbfgs", None, None),
-  "screen": ("fast", "lbfgs", "screen", None),
-  "screen_polish": ("fast", "lbfgs", "screen", "default"),
+  "tiny_lbfgs": ("tiny", "lbfgs", None, None),
+  "screen": ("tiny", "lbfgs", "screen", None),
+  "screen_polish": ("tiny", "lbfgs", "screen", "default"),
 }
 
 _COMPOSITIONS = flags.DEFINE_string(
@@ -256,7 +257,7 @@ def _markdown(r: dict) -> list[str]:
     )
   lines += [
     "",
-    "Settings (`SETTINGS` in the script): model and optimizer; `screen` relaxes with the fast "
+    "Settings (`SETTINGS` in the script): model and optimizer; `screen` relaxes with the tiny "
     "model to the search's screen_fmax; `screen_polish` then relaxes every screened cell again "
     "with the default model to fmax (the search polishes only its lowest candidates). ΔE: "
     "CHGNet's energy of our final minus that of CHGNet's own final from the same start "
