@@ -16,8 +16,8 @@ import time
 
 from absl import flags
 
-#: ``--note``: conditions of a run that its report should state (what else ran, what resumed).
-NOTE = flags.DEFINE_string("note", "", "Conditions of the run to state in its report.")
+#: ``--conditions``: conditions of a run that its report should state (what else ran, what resumed).
+CONDITIONS = flags.DEFINE_string("conditions", "", "Conditions of the run to state in its report.")
 
 
 def machine(**extra) -> dict:
@@ -119,12 +119,15 @@ def table_head(first: str, columns, *, align: str = "---") -> list[str]:
 
 def write_report(out: str, report: dict, lines: list[str]) -> None:
   """``report`` as JSON at ``out`` and ``lines`` as markdown beside it (``.md``), then printed;
-  ``--note``, when given, goes into both (after the markdown's first paragraph)."""
+  ``--conditions``, when given, go into both (after the markdown's first paragraph)."""
   import json
 
-  if NOTE.value:
-    report = dict(report, note=NOTE.value)
-    lines = [*lines[:4], NOTE.value, "", *lines[4:]]
+  note = (
+    CONDITIONS.value if flags.FLAGS.is_parsed() else ""
+  )  # argparse scripts have no --conditions
+  if note:
+    report = dict(report, conditions=note)
+    lines = [*lines[:4], note, "", *lines[4:]]
 
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:

@@ -22,7 +22,11 @@ import _common  # benchmarks/_common.py (this folder is on sys.path)
 
 #: Setting of speed_vs_teacher -> (table row, config, parameters of the network).
 MODELS = {
-  "tiny_lbfgs": ("GNN (pretrained.py:cutoff4)", "pretrained.py:cutoff4", "4 blocks × 32, 4 Å"),
+  "tiny_lbfgs": (
+    "GNN (pretrained.py:cutoff4)",
+    "pretrained.py:cutoff4 (tiny)",
+    "4 blocks × 32, 4 Å",
+  ),
   "blocks4_lbfgs": ("GNN (pretrained.py:blocks4)", "pretrained.py:blocks4", "4 blocks × 32, 5 Å"),
   "blocks6_lbfgs": ("GNN (pretrained.py:blocks6)", "pretrained.py:blocks6", "6 blocks × 32, 5 Å"),
   "fast_lbfgs": (
