@@ -21,6 +21,9 @@ from absl import app, flags
 
 _MODELS = flags.DEFINE_string("screen_models", "tiny,fast", "Packaged screening models.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Search seeds.")
+_OVERRIDES = flags.DEFINE_string(
+  "overrides", "", "Search settings over the main job's, FIELD=VALUE,... (e.g. polish_top_k=8)."
+)
 _CORE = flags.DEFINE_string("core", "0", "Core the searches run on ('': no pinning).")
 _WORK = flags.DEFINE_string("work_dir", "runs/screen_choice", "Per-part JSON (resumable).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/screen_choice.json", "Report.")
@@ -32,6 +35,9 @@ def part(name: str) -> dict:
   config = _common.main_job_config()
   config.screen_model = model
   config.seed = int(seed)
+  for item in [x for x in _OVERRIDES.value.split(",") if x.strip()]:
+    key, _, value = item.partition("=")
+    config[key.strip()] = type(config[key.strip()])(value)
   out = _common.run_main_job(config, tag=name)
   return {"screen_model": model, "seed": int(seed), **out}
 
@@ -54,7 +60,7 @@ def main(argv):
       runs[name] = _common.run_part(
         __file__,
         name,
-        [f"--work_dir={_WORK.value}"],
+        [f"--work_dir={_WORK.value}", f"--overrides={_OVERRIDES.value}"],
         work_dir=_WORK.value,
         core=_CORE.value,
         env={"CRYSTAL_SEARCH_JAX_CACHE": cache},
@@ -64,6 +70,7 @@ def main(argv):
     "machine": machine,
     "date": time.strftime("%Y-%m-%d"),
     "main_job_flags": _common.main_job_flags(),
+    "overrides": _OVERRIDES.value,
     "runs": runs,
   }
   _common.write_report(_OUT.value, report, _lines(report))
@@ -77,7 +84,9 @@ def _lines(r: dict) -> list[str]:
     "# Screening models on the main job: what each finds per CPU-hour",
     "",
     f"`{r['command']}` on {_common.describe(r['machine'])}, {r['date']}. The search of "
-    f"`scripts/main.sh` ({' '.join(r['main_job_flags'])}) with each screening model and seed, "
+    f"`scripts/main.sh` ({' '.join(r['main_job_flags'])}"
+    + (f"; {r['overrides']}" if r.get("overrides") else "")
+    + ") with each screening model and seed, "
     "one search per fresh process on one core; each model's first search compiles its programs "
     "(persistent cache empty), the others load them.",
     "",

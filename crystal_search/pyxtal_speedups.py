@@ -13,6 +13,9 @@ arithmetic with less Python around it:
   the copy and passes it on (the copies never get written to): a shallow copy;
 * ``Group.check_compatible`` (which Wyckoff combinations can hold the atoms) is solved anew
   per random cell: cached per group and atom counts (it draws nothing at random);
+* ``Wyckoff_position.project`` projects a point onto the position's symmetry element once per
+  neighbouring cell in a Python loop (subtracting each cell's shift from the same point in place,
+  so the shifts accumulate): the same accumulated points, projected together;
 * ``Wyckoff_position.search_generator_dist`` loops over the group's operations one 3-vector at a
   time: the same per-operation arithmetic over all operations at once.
 
@@ -125,6 +128,32 @@ def _check_compatible(original):
   return check_compatible
 
 
+def _project(original):
+  def project(self, point, cell=None, PBC=None, id=0):  # noqa: A002, N803 - pyxtal's signature
+    from pyxtal.operations import filtered_coords
+
+    cell = np.eye(3) if cell is None else cell
+    PBC = [1, 1, 1] if PBC is None else PBC  # noqa: N806
+    if PBC == [0, 0, 0]:
+      return original(self, point, cell, PBC, id)
+    op = self.get_euclidean_generator(cell, id) if self.euclidean else self.ops[id]
+    rot, trans = op.rotation_matrix, op.translation_vector
+    point = filtered_coords(np.array(point, dtype=float))
+    shifts = trans + create_matrix(PBC=PBC)  # [27, 3]
+    # pyxtal's loop subtracts each shift from the same array in place: the points accumulate.
+    points = np.subtract.accumulate(np.vstack([point[None, :], shifts]), axis=0)[1:]
+    new = np.zeros_like(points)
+    for basis in rot.T:
+      b = np.sqrt(basis.dot(basis))
+      if b > 1e-3:
+        new += basis * (np.array([np.dot(p, basis) for p in points]) / (b**2))[:, None]
+    new += shifts
+    distances = [np.linalg.norm((n - p).dot(cell)) for n, p in zip(new, points, strict=True)]
+    return filtered_coords(new[int(np.argmin(distances))], PBC=PBC)
+
+  return project
+
+
 @functools.cache
 def install() -> None:
   """Install the faster helpers into pyxtal (once per process)."""
@@ -142,6 +171,7 @@ def install() -> None:
     copy=wp.copy,
     search_generator_dist=wp.search_generator_dist,
     check_compatible=pyxtal.symmetry.Group.check_compatible,
+    project=wp.project,
   )
   group = pyxtal.symmetry.Group
   group.check_compatible = _check_compatible(group.check_compatible)
@@ -161,3 +191,4 @@ def install() -> None:
       module.distance_matrix = fast
   wp.copy = lambda self: copy.copy(self)
   wp.search_generator_dist = _search_generator_dist(wp.search_generator_dist)
+  wp.project = _project(wp.project)

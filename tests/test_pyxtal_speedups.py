@@ -82,3 +82,16 @@ def test_check_compatible_is_pyxtals(originals):
       want = originals["check_compatible"](group, counts)
       assert group.check_compatible(counts) == want
       assert group.check_compatible(list(counts)) == want  # cached
+
+
+@pytest.mark.parametrize("number", [220, 166, 194, 191, 225, 62, 12, 1])
+def test_project_is_bit_identical(originals, number):
+  from pyxtal.symmetry import Group
+
+  group = Group(number)
+  rng = np.random.default_rng(100 + number)
+  for wp in group:
+    for _ in range(4):
+      pt, lattice = rng.uniform(-0.2, 1.2, 3), _lattice(rng)
+      want = originals["project"](wp, pt.copy(), lattice)
+      np.testing.assert_array_equal(wp.project(pt.copy(), lattice), want)
