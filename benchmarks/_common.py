@@ -238,6 +238,20 @@ def main_job_flags() -> list[str]:
   return [w for w in words if w.startswith("--") and not w.startswith("--output_dir")]
 
 
+def set_search_field(config, key: str, value: str) -> None:
+  """``config[key] = value`` converted to the field's type (``false``/``0`` is False for a
+  boolean); an unknown field is bad input."""
+  from crystal_search.errors import InputError
+
+  if key not in config:
+    raise InputError(f"{key}: not a search setting")
+  default = config[key]
+  if isinstance(default, bool):
+    config[key] = value.strip().lower() not in ("false", "0", "no")
+  else:
+    config[key] = type(default)(value)
+
+
 def main_job_config():
   """The main job's search config (its flags over the defaults)."""
   from crystal_search import search
@@ -247,11 +261,26 @@ def main_job_config():
     key, _, value = w[2:].partition("=")
     key = key.removeprefix("search.")
     if key in config:
-      default = config[key]
-      config[key] = type(default)(value) if not isinstance(default, bool) else value != "false"
+      set_search_field(config, key, value or "true")
     elif key.startswith("no") and key[2:] in config:
       config[key[2:]] = False
   return config
+
+
+def search_starts(config, num: int | None = None) -> list:
+  """The first ``num`` (default ``config.num_structures``) random cells a search of ``config``
+  relaxes (its composition, seed and generator settings)."""
+  from crystal_search import compositions, random_structures, search
+
+  comp = compositions.parse_composition(config.composition, allowed_elements=("Li", "Si"))
+  return list(
+    random_structures.generate(
+      comp,
+      int(config.num_structures) if num is None else int(num),
+      seed=int(config.seed),
+      config=search.generator_config(config),
+    )
+  )
 
 
 def run_main_job(config, *, tag: str) -> dict:

@@ -27,15 +27,6 @@ POLICIES = {
   "cpu128": {"cpu_max_batch_size": 128},
   "cpu128_no_early_refill": {"cpu_max_batch_size": 128, "refill_fraction": 1.0},
 }
-#: ``scripts/main.sh``'s draw (search config fields).
-MAIN_DRAW = dict(
-  composition="Li15Si4",
-  formula_units="2",
-  symmetric_fraction=1.0,
-  min_symmops=24,
-  max_symmops=24,
-  primitive_cells=True,
-)
 
 _MODELS = flags.DEFINE_string("models", "tiny,fast", "Packaged screening models to run.")
 _POLICIES = flags.DEFINE_string("policies", ",".join(POLICIES), "Policies to compare.")
@@ -51,20 +42,13 @@ def _cells():
   import os
   import pickle
 
-  from crystal_search import compositions, random_structures, search
-
   path = os.path.join(_WORK.value, f"cells_{_NUM.value}_{_SEED.value}.pkl")
   if os.path.exists(path):
     with open(path, "rb") as f:
       return pickle.load(f)
-  config = search.get_search_config()
-  config.update(MAIN_DRAW)
-  comp = compositions.parse_composition(config.composition, allowed_elements=("Li", "Si"))
-  cells = list(
-    random_structures.generate(
-      comp, _NUM.value, seed=_SEED.value, config=search.generator_config(config)
-    )
-  )
+  config = _common.main_job_config()  # scripts/main.sh's draw
+  config.seed = _SEED.value
+  cells = _common.search_starts(config, _NUM.value)
   os.makedirs(_WORK.value, exist_ok=True)
   with open(path + ".tmp", "wb") as f:
     pickle.dump(cells, f)

@@ -40,13 +40,10 @@ def part_search(tag: str) -> dict:
 
 
 def part_teacher() -> dict:
-  from crystal_search import compositions, metrics, random_structures, search
+  from crystal_search import metrics
 
   config = _config()
-  comp = compositions.parse_composition(config.composition, allowed_elements=("Li", "Si"))
-  starts = random_structures.generate(
-    comp, int(config.num_structures), seed=int(config.seed), config=search.generator_config(config)
-  )[: _TEACHER_N.value]
+  starts = _common.search_starts(config)[: _TEACHER_N.value]
   references = metrics.load_reference_phases()
   rows = _common.teacher_relaxations(
     starts,

@@ -37,7 +37,7 @@ def part(name: str) -> dict:
   config.seed = int(seed)
   for item in [x for x in _OVERRIDES.value.split(",") if x.strip()]:
     key, _, value = item.partition("=")
-    config[key.strip()] = type(config[key.strip()])(value)
+    _common.set_search_field(config, key.strip(), value)
   out = _common.run_main_job(config, tag=name)
   return {"screen_model": model, "seed": int(seed), **out}
 

@@ -50,17 +50,17 @@ def create_matrix(PBC=None, omit=False):  # noqa: N803 - pyxtal's signature
   return _offsets(tuple(bool(p) for p in pbc), bool(omit)).copy()
 
 
-def _affine_stack(ops) -> np.ndarray:
-  """``(n, 4, 4)`` affine matrices of a list of SymmOps, cached on the list's identity."""
-  key = id(ops)
-  hit = _AFFINE_CACHE.get(key)
-  if hit is None or hit[0] is not ops:
-    hit = (ops, np.array([op.affine_matrix for op in ops]))
-    _AFFINE_CACHE[key] = hit
+def _affine_stack(wp) -> np.ndarray:
+  """``(n, 4, 4)`` affine matrices of ``wp.ops``, kept on ``wp`` itself (pyxtal builds a new
+  group per random cell, so a module-level cache would only grow) beside the list they came
+  from, and rebuilt if that list is replaced."""
+  hit = getattr(wp, "_crystal_search_affine", None)
+  if hit is None or hit[0] is not wp.ops:
+    hit = (wp.ops, np.array([op.affine_matrix for op in wp.ops]))
+    wp._crystal_search_affine = hit
   return hit[1]
 
 
-_AFFINE_CACHE: dict[int, tuple[object, np.ndarray]] = {}
 #: pyxtal's own functions that :func:`install` replaced, by name (for the tests).
 ORIGINALS: dict[str, object] = {}
 
@@ -74,7 +74,7 @@ def _search_generator_dist(original):
     # SymmOp.operate(p) is np.dot(affine, [p, 1])[:3], one BLAS call per operation as there
     # (a batched product rounds differently in the last bit).
     point, first = np.append(pt, 1.0), self.ops[0].affine_matrix
-    pts = np.array([np.dot(a, point)[:3] for a in _affine_stack(group[0].ops)])
+    pts = np.array([np.dot(a, point)[:3] for a in _affine_stack(group[0])])
     shifted = np.array([np.dot(first, np.append(p, 1.0))[:3] for p in pts])
     coords = shifted - pts
     # pyxtal's distance() per row: wrapped into the cell, the shortest of the 27 images.

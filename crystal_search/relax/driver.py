@@ -45,17 +45,17 @@ def _chunk_fn(force_field, params: DynamicsParams, chunk_steps: int, every: int)
       traj = record(traj, after, _written(moved, after), every)
     return after, traj
 
-  def idle(s):
-    return jnp.sum(~(active(s, params) | s.fresh))
+  def working(s):
+    return active(s, params) | s.fresh
 
   def run(state, traj, refill_at):
-    idle0 = idle(state)
+    idle0 = jnp.sum(~working(state))
 
     def cond(carry):
       s, _, it = carry
-      busy = jnp.any(active(s, params) | s.fresh)
-      room = idle(s) - idle0 < refill_at
-      return (it < chunk_steps) & busy & room & ~jnp.any(s.overflow)
+      w = working(s)
+      room = jnp.sum(~w) - idle0 < refill_at
+      return (it < chunk_steps) & jnp.any(w) & room & ~jnp.any(s.overflow)
 
     def body(carry):
       s, tr, it = carry
@@ -101,15 +101,16 @@ class _HostChunk:
   def _cache_size(self) -> int:
     return self.move._cache_size() + self.observe._cache_size() + self.record._cache_size()
 
-  def _idle(self, state) -> int:
-    return int(np.sum(~np.asarray(active(state, self.params) | state.fresh)))
+  def _working(self, state) -> np.ndarray:
+    return np.asarray(active(state, self.params) | state.fresh)
 
   def __call__(self, state, traj, refill_at):
     it = 0
     state = jax.tree_util.tree_map(jnp.asarray, state)
-    idle0 = self._idle(state)
-    while it < self.chunk_steps and self._idle(state) - idle0 < int(refill_at):
-      if not bool(np.any(np.asarray(active(state, self.params) | state.fresh))):
+    idle0 = int(np.sum(~self._working(state)))
+    while it < self.chunk_steps:
+      working = self._working(state)
+      if not working.any() or int(np.sum(~working)) - idle0 >= int(refill_at):
         break
       if bool(np.any(np.asarray(state.overflow))):
         break
