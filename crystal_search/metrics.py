@@ -68,35 +68,35 @@ class ReducingMatcher(StructureMatcher):
   ``fit`` reduces both structures (Niggli, then primitive cell) before it compares them, and
   pymatgen's cache of reduced cells compares a hit site by site (~30 ms for a 38-atom cell,
   most of a search's dedupe and known-phase time).  This matcher keeps the reduced cell of each
-  structure it has seen, keyed by the structure's content (lattice, coordinates and species,
-  so a structure changed in place is reduced again), and fits the reduced cells with
-  ``skip_structure_reduction=True``: the same comparisons, the same answers.
+  structure seen by any ReducingMatcher of the process, keyed by the structure's content
+  (lattice, coordinates and species, so a structure changed in place is reduced again), reduces
+  with :func:`crystal_search.primitive_cells.reduced_for_matching` (pymatgen's reduction, bit for
+  bit, faster) and fits the reduced cells with ``skip_structure_reduction=True``: the same
+  comparisons, the same answers.
   """
 
-  #: Reduced cells kept (oldest dropped first).
+  #: Reduced cells kept (oldest dropped first), shared by every ReducingMatcher.
   CACHE_SIZE = 8192
-
-  def __init__(self, **settings):
-    super().__init__(**settings)
-    self._reduced: dict[bytes, Structure] = {}
-
-  def __getstate__(self):
-    return dict(self.__dict__, _reduced={})
+  _reduced: dict[bytes, Structure] = {}
 
   def _reduced_cell(self, structure: Structure) -> Structure:
+    from crystal_search.primitive_cells import reduced_for_matching
+
     key = b"".join(
       [
+        b"p" if self._primitive_cell else b"n",
         structure.lattice.matrix.tobytes(),
         np.ascontiguousarray(structure.frac_coords).tobytes(),
         "|".join(site.species_string for site in structure).encode(),
       ]
     )
-    hit = self._reduced.get(key)
+    cache = ReducingMatcher._reduced
+    hit = cache.get(key)
     if hit is None:
-      hit = StructureMatcher._get_reduced_structure(structure, self._primitive_cell, True)
-      if len(self._reduced) >= self.CACHE_SIZE:
-        self._reduced.pop(next(iter(self._reduced)))
-      self._reduced[key] = hit
+      hit = reduced_for_matching(structure, primitive_cell=self._primitive_cell)
+      if len(cache) >= self.CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+      cache[key] = hit
     return hit
 
   def fit(self, struct1, struct2, symmetric: bool = False, skip_structure_reduction=False):

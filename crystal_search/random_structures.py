@@ -358,7 +358,7 @@ def _one_attempt(
   from pyxtal import pyxtal
   from pyxtal.lattice import Lattice as PyxtalLattice
 
-  from crystal_search import pyxtal_speedups
+  from crystal_search import primitive_cells, pyxtal_speedups
 
   pyxtal_speedups.install()
 
@@ -407,7 +407,7 @@ def _one_attempt(
         return None, info
       structure = crystal.to_pymatgen()
       if mult > 1:
-        structure = structure.get_primitive_structure()
+        structure = primitive_cells.get_primitive_structure(structure)
     except Exception:  # noqa: BLE001 - pyxtal raises many kinds on a bad draw; that is a retry.
       return None, info
   if len(structure) != sum(num_ions) or structure.composition.reduced_composition != unit:

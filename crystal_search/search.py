@@ -2,25 +2,28 @@
 
 Stages (each timed; wall seconds per stage go into the report):
 
-1. ``generate``: AIRSS-style random structures (:mod:`crystal_search.random_structures`);
-2. ``relax``: batched relaxation with a force field (:func:`crystal_search.relax.relax_structures`),
-   in chunks so that an interrupted run keeps what finished; by default with FIRE on positions and
-   cell (``optimizer="fire"``: fewer steps and lower minima than the paper's steepest descent on
-   the search's random cells, ``benchmarks/results/relax_optimizers.md``), ``"damped"`` for the
-   paper's VASP IBRION=3 rule;
-3. failed relaxations are dropped and counted by reason;
-4. ``energy``: energy per atom (eV/atom) of every relaxed structure, from the energy model shipped
-   with the package or from the force field when it gives energies;
-5. ``dedupe``: identical results grouped with StructureMatcher, pre-binned by composition, space
-   group and energy window (:mod:`crystal_search.dedupe`); the lowest-energy member represents a group;
-6. ``rescore`` (optional): the top K re-relaxed and re-scored with the teacher (CHGNet);
-7. ``report``: ``summary.json``, ``summary.md``, ``structures/rank_NNN.cif``, ``energy_volume.png``.
+1. per chunk of ``chunk_size`` structure indices, committed to disk when it finishes
+   (:mod:`crystal_search.run_store`: ``--resume``, the ``STOP`` file, ``--shard`` and ``merge``):
+
+   a. ``generate``: AIRSS-style random structures (:mod:`crystal_search.random_structures`);
+   b. ``screen`` (or ``relax`` without a screening model): batched relaxation
+      (:func:`crystal_search.relax.relax_structures`), by default L-BFGS on positions and cell;
+      failed relaxations are kept with their reason and left out of the ranking;
+   c. ``energy``: energy per atom (eV/atom) of every relaxed structure, from the energy model
+      shipped with the package or from the force field when it gives energies;
+
+2. ``dedupe``: identical results grouped with StructureMatcher, pre-binned by composition, space
+   group and energy window (:mod:`crystal_search.dedupe`); the lowest-energy member represents a
+   group;
+3. ``polish`` (when screening): the lowest distinct candidates relaxed again by the accurate model;
+4. ``rescore`` (optional): the top K re-relaxed and re-scored with the teacher (CHGNet);
+5. ``report``: ``summary.json``, ``summary.md``, ``structures/rank_NNN.cif``, ``energy_volume.png``
+   (:mod:`crystal_search.search_report`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -33,6 +36,12 @@ from pymatgen.core import Structure
 
 from crystal_search.errors import InputError
 from crystal_search.force_fields.registry import PRETRAINED_DIR, PRETRAINED_MODELS  # noqa: F401
+from crystal_search.search_models import (  # noqa: F401
+  load_force_field,
+  load_run_force_fields,
+  load_screen_force_field,
+)
+from crystal_search.search_report import space_group as _space_group  # noqa: F401
 
 #: Free disk space a search needs before it starts (MB).
 MIN_FREE_DISK_MB = 50
@@ -121,29 +130,28 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     raise InputError(f"energy_window must be >= 0 eV/atom, got {c.energy_window}")
 
 
-def prepare_output_dir(path: str, *, overwrite: bool) -> None:
-  """Create ``path``; refuse one that holds another run unless ``overwrite``; check free disk."""
+def prepare_output_dir(path: str, run: dict, *, overwrite: bool, resume: bool = False) -> None:
+  """Make ``path`` ready for the run ``run`` (:func:`crystal_search.run_store.identity`): refuse
+  a file, a directory that holds another run (unless ``overwrite``), a ``resume`` of a run with
+  other settings, and too little free disk, each before anything there is changed."""
+  from crystal_search import run_store
+
   if os.path.exists(path) and not os.path.isdir(path):
     raise InputError(f"{path}: exists and is not a directory")
-  if os.path.isdir(path):
-    held = [m for m in _RUN_MARKERS if os.path.exists(os.path.join(path, m))]
-    if held and not overwrite:
-      raise InputError(f"{path}: holds another run ({held[0]}); pass --overwrite to replace it")
-    if held:
-      for m in held:
-        p = os.path.join(path, m)
-        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
-  os.makedirs(path, exist_ok=True)
-  free_mb = shutil.disk_usage(path).free / 2**20
+  parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+  while not os.path.isdir(parent):
+    parent = os.path.dirname(parent)
+  free_mb = shutil.disk_usage(parent).free / 2**20
   if free_mb < MIN_FREE_DISK_MB:
     raise InputError(f"{path}: only {free_mb:.0f} MB free disk, need {MIN_FREE_DISK_MB} MB")
+  run_store.open_run(path, run, resume=resume, overwrite=overwrite, markers=_RUN_MARKERS)
 
 
 @dataclasses.dataclass
 class Candidate:
   """One relaxed structure of the search."""
 
-  index: int  # position in the generated list
+  index: int  # the structure's index in the run's draw (random_structures.random_structure)
   structure: Structure
   energy_per_atom: float  # eV/atom
   converged: bool
@@ -161,14 +169,17 @@ class SearchResult:
   groups: list[list[int]]
 
 
-def _space_group(structure: Structure, symprec: float) -> str:
-  from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+@dataclasses.dataclass
+class _Pipeline:
+  """What the stages after screening need: force fields, energy function, settings."""
 
-  try:
-    sga = SpacegroupAnalyzer(structure, symprec=symprec)
-    return f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
-  except Exception:  # noqa: BLE001 - spglib fails on some distorted cells
-    return "P1 (1)"
+  config: ml_collections.ConfigDict
+  force_field: object
+  energy_fn: Callable[[Sequence[Structure]], np.ndarray] | None
+  screen_force_field: object | None
+  teacher: object | None
+  output_dir: str
+  progress: bool
 
 
 def run_search(
@@ -180,9 +191,16 @@ def run_search(
   teacher=None,
   screen_force_field=None,
   overwrite: bool = False,
+  resume: bool = False,
+  shard: str | None = None,
+  sources: dict | None = None,
   progress: bool = True,
 ) -> SearchResult:
   """Run a search and write its report into ``output_dir``.
+
+  Every chunk of ``config.chunk_size`` structures is generated, relaxed, scored and committed to
+  ``output_dir/chunks/`` before the next one starts (:mod:`crystal_search.run_store`), so a killed
+  run continues with ``resume`` and ``touch output_dir/STOP`` ends it after the current chunk.
 
   Args:
     config: see :func:`get_search_config`.
@@ -190,61 +208,178 @@ def run_search(
       ``screen_force_field``: to polish the screened candidates).
     output_dir: where the report goes (created; refused if it holds another run).
     energy_fn: structures → energies per atom (eV/atom) used for ranking; default: the
-      energies the force field reports during relaxation (must then be finite).
+      energies the force field reports during relaxation.
     teacher: a force field for the optional re-relaxation of the top ``rescore_top_k``.
     screen_force_field: a cheap force field that relaxes every random cell to
       ``config.screen_fmax`` first; then the lowest ``polish_top_k`` distinct candidates within
       ``polish_window`` of the best are relaxed by ``force_field`` to ``config.fmax``
       (None: ``force_field`` relaxes every cell to ``config.fmax``).
     overwrite: replace a previous run in ``output_dir``.
+    resume: continue the run in ``output_dir`` (the same settings), redoing only unfinished
+      chunks; in an empty or new directory, start it.
+    shard: ``"I/N"``: only the I-th of N disjoint parts of the run (``merge_runs`` joins them).
+    sources: how the command line named the force fields (kept in ``run.json`` for ``merge``).
     progress: show progress bars.
   """
-  composition = _check_inputs(config, force_field, screen_force_field)
-  prepare_output_dir(output_dir, overwrite=overwrite)
-  wall: dict[str, float] = {}
-  work = dict.fromkeys(RELAX_WORK, 0)
-  screening = screen_force_field is not None
+  from crystal_search import run_store
 
-  structures = _timed(wall, "generate", _generate, composition, config, progress)
-  first_ff = screen_force_field if screening else force_field
-  fmax = float(config.screen_fmax if screening else config.fmax)
-  results, interrupted = _timed(
-    wall, "screen" if screening else "relax", _relax_all, structures, first_ff, config, fmax,
-    work, progress,
+  composition = _check_inputs(config, force_field, screen_force_field)
+  part = run_store.parse_shard(shard)
+  names = _force_field_names(force_field, screen_force_field, sources)
+  prepare_output_dir(
+    output_dir, run_store.identity(config.to_dict(), names, part), overwrite=overwrite,
+    resume=resume,
   )  # fmt: skip
-  failures = Counter(r.failure_reason or "unknown" for r in results if r.failed)
-  candidates = _timed(wall, "energy", _candidates, results, energy_fn)
+  ranges = run_store.chunk_ranges(int(config.num_structures), int(config.chunk_size))
+  todo = run_store.shard_chunks(len(ranges), part)
+  pipe = _Pipeline(
+    config, force_field, energy_fn, screen_force_field, teacher, output_dir, progress
+  )  # fmt: skip
+  interrupted, stopped = _screen_chunks(pipe, composition, ranges, todo)
+  done = run_store.read_chunks(output_dir)
+  chunks = {k: done[k] for k in todo if k in done}
+  state = {"interrupted": interrupted, "stopped": stopped, "shard": part, "total": len(todo)}
+  return _finish(pipe, chunks, state)
+
+
+def merge_runs(
+  inputs: Sequence[str],
+  *,
+  force_field,
+  output_dir: str,
+  energy_fn: Callable[[Sequence[Structure]], np.ndarray] | None = None,
+  teacher=None,
+  screen_force_field=None,
+  overwrite: bool = False,
+  progress: bool = True,
+) -> SearchResult:
+  """Join the shards ``inputs`` (search directories of one run, ``shard="I/N"``) into the report
+  the unsharded run writes: every chunk once, then dedupe, polish, rescore and rank as
+  :func:`run_search` does.  The force fields must be the run's (``run.json`` names them)."""
+  from crystal_search import run_store
+
+  inputs = [str(p) for p in inputs]
+  if not inputs:
+    raise InputError("merge needs at least one search directory (--inputs)")
+  if os.path.abspath(output_dir) in {os.path.abspath(p) for p in inputs}:
+    raise InputError(f"{output_dir}: the output of a merge must not be one of its inputs")
+  runs = [run_store.read_run(p) if os.path.isdir(p) else None for p in inputs]
+  for path, run in zip(inputs, runs, strict=True):
+    if run is None:
+      raise InputError(f"{path}: not a search directory (no {run_store.RUN_FILE})")
+    diff = run_store.difference(runs[0], run, shard=False)
+    if diff:
+      raise InputError(f"{path} is not a shard of the same run as {inputs[0]}: {diff}")
+  config = get_search_config()
+  config.update(runs[0]["settings"])
+  whole = run_store.identity(config.to_dict(), runs[0]["force_fields"], None)
+  names = _force_field_names(force_field, screen_force_field, runs[0]["force_fields"]["sources"])
+  diff = run_store.difference(whole, {**whole, "force_fields": names}, shard=False)
+  if diff:
+    raise InputError(f"the force fields given to merge are not the run's: {diff}")
+  ranges = run_store.chunk_ranges(int(config.num_structures), int(config.chunk_size))
+  chunks, _ = run_store.collect_chunks(inputs, len(ranges))
+  prepare_output_dir(output_dir, whole, overwrite=overwrite)
+  for k in sorted(chunks):
+    run_store.write_chunk(output_dir, chunks[k])
+  pipe = _Pipeline(
+    config, force_field, energy_fn, screen_force_field, teacher, output_dir, progress
+  )  # fmt: skip
+  state = {"interrupted": False, "stopped": False, "shard": None, "total": len(ranges)}
+  return _finish(pipe, chunks, state)
+
+
+def _force_field_names(force_field, screen_force_field, sources: dict | None) -> dict:
+  """The force fields of a run as ``run.json`` records them."""
+  return {
+    "force_field": _name(force_field),
+    "screen_force_field": _name(screen_force_field) if screen_force_field is not None else None,
+    "sources": dict(sources or {}),
+  }
+
+
+def _finish(pipe: _Pipeline, chunks: dict[int, dict], state: dict) -> SearchResult:
+  """Dedupe, polish, rescore and rank the finished ``chunks``; write and return the report."""
+  from crystal_search import search_report
+
+  config, screening = pipe.config, pipe.screen_force_field is not None
+  candidates, counts, wall, work = _collect(chunks)
   groups = _timed(wall, "dedupe", _group, candidates, config)
   polish = {}
-  if screening and groups and not interrupted:
+  if screening and groups and not state["interrupted"]:
     candidates, groups, polish = _timed(
-      wall, "polish", _polish, candidates, groups, force_field, energy_fn, config, work, progress
-    )
+      wall, "polish", _polish, candidates, groups, pipe.force_field, pipe.energy_fn, config,
+      work, pipe.progress,
+    )  # fmt: skip
   rescored = {}
-  if teacher is not None and int(config.rescore_top_k) > 0 and groups:
-    rescored = _timed(wall, "rescore", _rescore, candidates, groups, teacher, config, progress)
-  rows = _timed(wall, "report", _rows, candidates, groups, rescored, config, output_dir)
-  totals = {
-    "generated": len(structures),
-    "relaxed": len(results),
-    "converged": int(sum(r.converged and not r.failed for r in results)),
-    "failed": int(sum(r.failed for r in results)),
-    "failure_reasons": dict(failures),
-    "unique": len(groups),
-    "interrupted": interrupted,
+  if pipe.teacher is not None and int(config.rescore_top_k) > 0 and groups:
+    rescored = _timed(
+      wall, "rescore", _rescore, candidates, groups, pipe.teacher, config, pipe.progress
+    )  # fmt: skip
+  rows = _timed(
+    wall, "report", search_report.rows, candidates, groups, rescored, config, pipe.output_dir
+  )  # fmt: skip
+  totals = _totals(pipe, counts, state, wall, work, len(groups))
+  if screening:
+    totals.update(screen_force_field=_name(pipe.screen_force_field), **polish)
+  result = SearchResult(rows=rows, totals=totals, candidates=candidates, groups=groups)
+  search_report.write_report(result, pipe.output_dir)
+  return result
+
+
+def _collect(chunks: dict[int, dict]):
+  """``(candidates, counts, wall, work)`` of the finished ``chunks``, in structure order: the
+  relaxations that did not fail, the report's counts, and the summed stage wall times (s) and
+  relaxation work.  Each chunk's entries are dropped once read (memory: only the structures
+  stay)."""
+  from crystal_search import run_store
+
+  candidates, failures = [], Counter()
+  counts = dict.fromkeys(("generated", "generation_failed", "relaxed", "converged", "failed"), 0)
+  wall: dict[str, float] = {}
+  work = dict.fromkeys(RELAX_WORK, 0)
+  for k in sorted(chunks):
+    chunk = chunks[k]
+    entries = chunk.pop("results")
+    not_made = len(chunk["generation_failed"])
+    counts["generated"] += chunk["indices"][1] - chunk["indices"][0] - not_made
+    counts["generation_failed"] += not_made
+    counts["relaxed"] += len(entries)
+    for e in entries:
+      counts["converged"] += bool(e["converged"] and not e["failed"])
+      counts["failed"] += bool(e["failed"])
+      if e["failed"]:
+        failures[e["failure_reason"] or "unknown"] += 1
+        continue
+      structure = run_store.decode_structure(e["structure"])
+      energy, converged = float(e["energy_per_atom"]), bool(e["converged"])
+      candidates.append(Candidate(int(e["index"]), structure, energy, converged, int(e["steps"])))
+    for key, value in chunk["wall_time_s"].items():
+      wall[key] = wall.get(key, 0.0) + value
+    for key in RELAX_WORK:
+      work[key] += int(chunk["relax_work"][key])
+  counts["failure_reasons"] = dict(failures)
+  counts["chunks"] = len(chunks)
+  return candidates, counts, wall, work
+
+
+def _totals(pipe, counts, state, wall, work, unique: int) -> dict:
+  """The report's ``totals``: counts, wall times, work, settings."""
+  return {
+    **{k: v for k, v in counts.items() if k != "chunks"},
+    "unique": unique,
+    "interrupted": state["interrupted"],
+    "stopped": state["stopped"],
+    "shard": list(state["shard"]) if state["shard"] else None,
+    "chunks": {"done": counts["chunks"], "total": state["total"]},
     "wall_time_s": dict(wall, total=sum(wall.values())),
     "relax_work": work,
-    "force_field": _name(force_field),
-    "composition": config.composition,
-    "seed": int(config.seed),
+    "force_field": _name(pipe.force_field),
+    "composition": pipe.config.composition,
+    "seed": int(pipe.config.seed),
     # Every setting of the run (generator, relaxation, ranking), so a report says how it was made.
-    "settings": config.to_dict(),
+    "settings": pipe.config.to_dict(),
   }
-  if screening:
-    totals.update(screen_force_field=_name(screen_force_field), **polish)
-  result = SearchResult(rows=rows, totals=totals, candidates=candidates, groups=groups)
-  write_report(result, output_dir)
-  return result
 
 
 def _name(force_field) -> str:
@@ -274,42 +409,82 @@ def _check_inputs(config, force_field, screen_force_field):
   return composition
 
 
-def _generate(composition, config, progress: bool) -> list[Structure]:
-  from crystal_search import random_structures
+def _screen_chunks(pipe: _Pipeline, composition, ranges: list[range], todo: list[int]):
+  """Generate, relax and score every chunk of ``todo`` that is not on disk yet, committing each
+  as it finishes; ``(interrupted, stopped)``: Ctrl-C or the STOP file ended it early."""
+  from crystal_search import run_store
 
-  return random_structures.generate(
-    composition,
-    int(config.num_structures),
-    seed=int(config.seed),
-    config=generator_config(config),
-    progress=progress,
-  )
+  finished = run_store.read_chunks(pipe.output_dir)
+  made_any = any(c["results"] for c in finished.values())
+  done = set(finished)
+  del finished  # numbers only while screening
+  try:
+    for k in todo:
+      if k in done:
+        continue
+      if run_store.stop_requested(pipe.output_dir):
+        return False, True
+      chunk = _run_chunk(pipe, composition, k, ranges[k], strict=not made_any)
+      run_store.write_chunk(pipe.output_dir, chunk)
+      made_any = made_any or bool(chunk["results"])
+  except KeyboardInterrupt:
+    return True, False
+  return False, False
 
 
-def _relax_all(structures, force_field, config, fmax: float, work: dict, progress: bool):
-  """``(results, interrupted)``: every structure relaxed to ``fmax`` (eV/Å) in chunks of
-  ``config.chunk_size``, the relaxer's counters added to ``work``; Ctrl-C keeps what finished."""
+def _run_chunk(pipe: _Pipeline, composition, number: int, indices: range, *, strict: bool):
+  """Chunk ``number``: structures ``indices`` generated, relaxed (screened) and scored.  With
+  ``strict``, a chunk of which no structure could be generated is the settings' fault (one-line
+  error); otherwise its structures count as not made."""
+  from crystal_search import random_structures, run_store
+
+  config = pipe.config
+  screening = pipe.screen_force_field is not None
+  wall: dict[str, float] = {}
+  t0 = time.perf_counter()
+  try:
+    made = random_structures.generate(
+      composition, len(indices), seed=int(config.seed), config=generator_config(config),
+      indices=indices, progress=pipe.progress,
+    )  # fmt: skip
+  except InputError:
+    if strict:
+      raise
+    made = random_structures.GenerationResult([], [], list(indices), [], 0)
+  wall["generate"] = time.perf_counter() - t0
+  work = dict.fromkeys(RELAX_WORK, 0)
+  fmax = float(config.screen_fmax if screening else config.fmax)
+  first_ff = pipe.screen_force_field if screening else pipe.force_field
+  results = _timed(
+    wall, "screen" if screening else "relax", _relax_list, list(made.structures), first_ff,
+    config, fmax, work, pipe.progress,
+  )  # fmt: skip
+  entries = _timed(wall, "energy", _score, made.indices, results, pipe.energy_fn)
+  if config.write_trajectories:
+    _write_trajectories(pipe.output_dir, made.indices, results)
+  return run_store.encode_chunk(
+    number, indices, made.failed, entries, wall_time_s=wall, relax_work=work
+  )  # fmt: skip
+
+
+def _relax_list(structures, force_field, config, fmax: float, work: dict, progress: bool):
+  """Relax ``structures`` to ``fmax`` (eV/Å); the relaxer's counters added to ``work``."""
   from crystal_search import relax
 
-  results: list = []
-  try:
-    for start in range(0, len(structures), int(config.chunk_size)):
-      stats: dict = {}
-      results.extend(
-        relax.relax_structures(
-          structures[start : start + int(config.chunk_size)],
-          force_field,
-          trajectory_every=1 if config.write_trajectories else 0,
-          progress=progress,
-          stats=stats,
-          **_relax_kwargs(config, fmax),
-        )
-      )
-      for key in RELAX_WORK:
-        work[key] += int(stats[key])
-  except KeyboardInterrupt:
-    return results, True
-  return results, False
+  if not structures:
+    return []
+  stats: dict = {}
+  results = relax.relax_structures(
+    structures,
+    force_field,
+    trajectory_every=1 if config.write_trajectories else 0,
+    progress=progress,
+    stats=stats,
+    **_relax_kwargs(config, fmax),
+  )
+  for key in RELAX_WORK:
+    work[key] += int(stats[key])
+  return results
 
 
 def _relax_kwargs(config, fmax: float) -> dict:
@@ -321,26 +496,53 @@ def _relax_kwargs(config, fmax: float) -> dict:
   )
 
 
+def _score(indices, results, energy_fn) -> list[dict]:
+  """One chunk entry per relaxation (:func:`crystal_search.run_store.encode_chunk`) with its
+  energy per atom (eV/atom); a structure whose energy is not finite fails (``"energy"``)."""
+  from crystal_search import run_store
+
+  ok = [k for k, r in enumerate(results) if not r.failed]
+  e_atom = _energies([results[k].final for k in ok], energy_fn, [results[k] for k in ok])
+  energy = dict(zip(ok, e_atom.tolist(), strict=True))
+  entries = []
+  for k, (i, r) in enumerate(zip(indices, results, strict=True)):
+    e = energy.get(k, float("nan"))
+    failed, reason = bool(r.failed), r.failure_reason
+    if not failed and not np.isfinite(e):
+      failed, reason = True, "energy"
+    entries.append({
+      "index": int(i),
+      "converged": bool(r.converged) and not failed,
+      "failed": failed,
+      "failure_reason": reason if failed else None,
+      "steps": int(r.steps),
+      "energy_per_atom": e if np.isfinite(e) else None,
+      "structure": None if failed else run_store.encode_structure(r.final),
+    })  # fmt: skip
+  return entries
+
+
+def _write_trajectories(output_dir: str, indices, results) -> None:
+  """``trajectories/NNNNNN.extxyz`` of each relaxation (by structure index), streamed per chunk."""
+  from crystal_search.relax.files import write_trajectory
+
+  folder = os.path.join(output_dir, "trajectories")
+  os.makedirs(folder, exist_ok=True)
+  for i, r in zip(indices, results, strict=True):
+    if r.trajectory is not None:
+      write_trajectory(r, os.path.join(folder, f"{int(i):06d}.extxyz"))
+
+
 def _energies(structures, energy_fn, results) -> np.ndarray:
-  """eV/atom of ``structures`` from ``energy_fn``, or from the relaxer's ``results``."""
+  """eV/atom of ``structures`` from ``energy_fn``, or from the relaxer's ``results``; a force
+  field without energies and no ``energy_fn`` is a one-line error."""
   if energy_fn is not None and structures:
     e_atom = np.asarray(energy_fn(structures), np.float64)
   else:
     e_atom = np.asarray([r.energy / len(r.final) for r in results], np.float64)
-  if structures and not np.all(np.isfinite(e_atom)):
-    bad = int(np.sum(~np.isfinite(e_atom)))
-    raise InputError(f"{bad} relaxed structures have no finite energy; pass an energy model")
+  if energy_fn is None and structures and not np.any(np.isfinite(e_atom)):
+    raise InputError("the force field gives no energies to rank with; pass an energy model")
   return e_atom
-
-
-def _candidates(results, energy_fn) -> list[Candidate]:
-  """The relaxations that did not fail, with their energies per atom; failed ones are dropped."""
-  ok = [(i, r) for i, r in enumerate(results) if not r.failed]
-  e_atom = _energies([r.final for _, r in ok], energy_fn, [r for _, r in ok])
-  return [
-    Candidate(i, r.final, float(e), bool(r.converged), int(r.steps))
-    for (i, r), e in zip(ok, e_atom, strict=True)
-  ]
 
 
 def _group(candidates, config) -> list[list[int]]:
@@ -370,14 +572,18 @@ def _polish(candidates, groups, force_field, energy_fn, config, work, progress):
     for g in groups[: int(config.polish_top_k)]
     if candidates[g[0]].energy_per_atom - best <= float(config.polish_window)
   ]
-  results, _ = _relax_all(
+  results = _relax_list(
     [candidates[i].structure for i in chosen], force_field, config, float(config.fmax), work,
     progress,
   )  # fmt: skip
   done = [(i, r) for i, r in zip(chosen, results, strict=True) if not r.failed]
   energies = _energies([r.final for _, r in done], energy_fn, [r for _, r in done])
   candidates = list(candidates)
+  failed = len(chosen) - len(done)
   for (i, r), e in zip(done, energies, strict=True):
+    if not np.isfinite(e):  # no energy to rank the polished structure by: keep the screened one
+      failed += 1
+      continue
     old = candidates[i]
     candidates[i] = Candidate(old.index, r.final, float(e), bool(r.converged), old.steps + r.steps)
     candidates[i].polished = True
@@ -386,8 +592,8 @@ def _polish(candidates, groups, force_field, energy_fn, config, work, progress):
   groups = [sorted(sum((groups[j] for j in m), []), key=lambda i: i != reps[m[0]]) for m in merged]
   counts = {
     "polished": len(chosen),
-    "polished_converged": int(sum(r.converged and not r.failed for r in results)),
-    "polish_failed": int(sum(r.failed for r in results)),
+    "polished_converged": int(sum(c.polished and c.converged for c in candidates)),
+    "polish_failed": failed,
   }
   return candidates, groups, counts
 
@@ -403,173 +609,3 @@ def _rescore(candidates, groups, teacher, config, progress) -> dict[int, float]:
   return {
     g[0]: r.energy / len(r.final) for g, r in zip(groups, again, strict=False) if not r.failed
   }
-
-
-def _rows(candidates, groups, rescored, config, output_dir) -> list[dict]:
-  """The report's table, one row per group, and its representative's CIF written."""
-  from crystal_search import metrics
-
-  references = metrics.load_reference_phases()
-  best = candidates[groups[0][0]].energy_per_atom if groups else float("nan")
-  os.makedirs(os.path.join(output_dir, "structures"), exist_ok=True)
-  rows = []
-  for rank, g in enumerate(groups, start=1):
-    c = candidates[g[0]]
-    cif = os.path.join("structures", f"rank_{rank:03d}.cif")
-    c.structure.to(filename=os.path.join(output_dir, cif))
-    row = {
-      "rank": rank,
-      "formula": c.structure.composition.reduced_formula,
-      "formula_cell": c.structure.composition.formula.replace(" ", ""),
-      "energy_per_atom": c.energy_per_atom,
-      "delta_energy_per_atom": c.energy_per_atom - best,
-      "volume_per_atom": c.structure.volume / len(c.structure),
-      "space_group": _space_group(c.structure, float(config.symprec)),
-      "count": len(g),
-      "known_phase": metrics.known_phase(c.structure, references),
-      "converged": c.converged,
-      "polished": c.polished,
-      "cif": cif,
-    }
-    if g[0] in rescored:
-      row["teacher_energy_per_atom"] = rescored[g[0]]
-    rows.append(row)
-  return rows
-
-
-def _work_line(work: dict) -> str:
-  """The report's line on relaxation work (``totals["relax_work"]``)."""
-  useful = work["structure_steps"] / max(work["slot_steps"], 1)
-  return (
-    f"Relaxation work: {work['structure_steps']} force evaluations of structures in "
-    f"{work['slot_steps']} batch slot-steps ({100 * useful:.0f} % useful), "
-    f"{work['compiles']} compilations, {work['compactions']} batch compactions."
-  )
-
-
-def write_report(result: SearchResult, output_dir: str) -> None:
-  """``summary.json``, ``summary.md`` and ``energy_volume.png`` (AIRSS ``cryan``-style table)."""
-  summary = {"structures": result.rows, "totals": result.totals}
-  tmp = os.path.join(output_dir, "summary.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(tmp, os.path.join(output_dir, "summary.json"))
-
-  t = result.totals
-  lines = [
-    f"# Search: {t['composition']} ({t['force_field']}, seed {t['seed']})",
-    "",
-  ]
-  if t["interrupted"]:
-    lines += ["**Run cut short (interrupted): the table holds what finished.**", ""]
-  reasons = ", ".join(f"{k}: {v}" for k, v in sorted(t["failure_reasons"].items())) or "none"
-  lines += [
-    f"Generated {t['generated']}, relaxed {t['relaxed']}, converged {t['converged']}, "
-    f"failed {t['failed']} ({reasons}); {t['unique']} unique structures.",
-    "",
-    "Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t["wall_time_s"].items()),
-    "",
-  ]
-  if "screen_force_field" in t:
-    s = t["settings"]
-    lines += [
-      f"Screened with {t['screen_force_field']} to {s['screen_fmax']} eV/Å, then polished the "
-      f"{t.get('polished', 0)} lowest distinct candidates with {t['force_field']} to {s['fmax']} "
-      f"eV/Å ({t.get('polished_converged', 0)} converged, {t.get('polish_failed', 0)} failed); "
-      "unpolished rows are screening results.",
-      "",
-    ]
-  lines += [
-    _work_line(t["relax_work"]),
-    "",
-    "| rank | formula | E (eV/atom) | ΔE (eV/atom) | V (Å³/atom) | space group | count | known phase "
-    "| polished |",
-    "|---:|---|---:|---:|---:|---|---:|---|---|",
-  ]
-  for r in result.rows:
-    lines.append(
-      f"| {r['rank']} | {r['formula_cell']} | {r['energy_per_atom']:.4f} | "
-      f"{r['delta_energy_per_atom']:.4f} | {r['volume_per_atom']:.2f} | {r['space_group']} | "
-      f"{r['count']} | {r['known_phase'] or ''} | {'yes' if r.get('polished') else ''} |"
-    )
-  with open(os.path.join(output_dir, "summary.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  plot_energy_volume(result, os.path.join(output_dir, "energy_volume.png"))
-
-
-def plot_energy_volume(result: SearchResult, path: str) -> None:
-  """Energy per atom against volume per atom: all relaxed structures, unique ones marked."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  if result.candidates:
-    v = [c.structure.volume / len(c.structure) for c in result.candidates]
-    e = [c.energy_per_atom for c in result.candidates]
-    ax.scatter(v, e, s=8, c="0.6", label="relaxed")
-    reps = [result.candidates[g[0]] for g in result.groups]
-    ax.scatter(
-      [c.structure.volume / len(c.structure) for c in reps],
-      [c.energy_per_atom for c in reps],
-      s=30,
-      facecolors="none",
-      edgecolors="C0",
-      label="unique",
-    )
-    for row, c in zip(result.rows, reps, strict=True):
-      if row["known_phase"]:
-        x, y = c.structure.volume / len(c.structure), c.energy_per_atom
-        ax.scatter([x], [y], s=60, marker="*", c="C3")
-        ax.annotate(row["known_phase"], (x, y), textcoords="offset points", xytext=(5, 5))
-  ax.set_xlabel("volume per atom (Å³)")
-  ax.set_ylabel("energy per atom (eV)")
-  ax.set_title(f"{result.totals['composition']}: {result.totals['unique']} unique")
-  ax.legend(loc="best")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def load_screen_force_field(name: str, *, model: str | None = None):
-  """The screening force field for ``search.screen_model`` (a packaged name or a model
-  directory), or None for ``""`` or when it is the polishing ``model`` itself."""
-  from crystal_search.force_fields.registry import make_force_field
-
-  if not name or name == model:
-    return None
-  return make_force_field("model", model=name)
-
-
-def load_force_field(
-  kind: str, *, model: str | None = None, energy_model: str | None = None
-) -> tuple[object, Callable[[Sequence[Structure]], np.ndarray] | None]:
-  """The force field that relaxes, and the energy function that ranks.
-
-  Args:
-    kind: ``model`` (our force/stress network; default the shipped one), ``chgnet`` (the
-      teacher) or ``meam`` (the 2NN MEAM baseline).
-    model: force/stress model directory for ``kind='model'``.
-    energy_model: energy model directory for ranking (default the shipped one).
-
-  Returns:
-    ``(force_field, energy_fn)``; ``energy_fn`` is None when the force field's own energies rank.
-  """
-  from crystal_search.force_fields import model as model_ff
-  from crystal_search.force_fields.registry import make_force_field
-
-  if kind not in ("model", "chgnet", "meam"):
-    raise InputError(f"unknown force field {kind!r} (model, chgnet or meam)")
-  force_field = make_force_field(kind, model=model)
-  if kind != "model":
-    return force_field, None
-  energy_path = energy_model or os.path.join(PRETRAINED_DIR, "energy")
-  if not os.path.isdir(energy_path):
-    raise InputError(f"{energy_path}: no energy model there to rank with (pass --energy_model=DIR)")
-  energy_ff = model_ff.from_directory(energy_path)
-
-  def energy_fn(structures: Sequence[Structure]) -> np.ndarray:
-    return model_ff.energies_per_atom(energy_ff, structures)
-
-  return force_field, energy_fn

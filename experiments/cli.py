@@ -12,6 +12,8 @@ import sys
 #: subcommand -> module with an absl ``main(argv)``.
 COMMANDS: dict[str, str] = {
   "search": "experiments.search",
+  "merge": "experiments.merge",
+  "hull": "experiments.hull",
   "relax": "experiments.relax",
   "train": "experiments.train",
   "evaluate": "experiments.evaluate",

@@ -66,6 +66,20 @@ def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> Non
     sys.exit(1)
 
 
+def print_outcome(result, output_dir: str) -> None:
+  """A search's (or merge's) outcome on stdout: counts, time, where the report is, and how to
+  continue a run that did not finish."""
+  t = result.totals
+  print(
+    f"{t['unique']} unique structures from {t['relaxed']} relaxations "
+    f"({t['failed']} failed) in {t['wall_time_s']['total']:.1f} s -> {output_dir}/summary.md"
+  )
+  if t["interrupted"]:
+    print("run cut short: the report holds what finished; --resume continues it")
+  elif t.get("stopped"):
+    print("stopped by the STOP file: the report holds what finished; --resume continues it")
+
+
 def load_config(spec: str):
   """The config of ``experiments/configs/NAME.py[:ARG]`` (a path relative to the repository
   root, as ``--config`` takes it): ``get_config(ARG or None)`` of that module."""

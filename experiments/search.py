@@ -18,11 +18,15 @@ from ml_collections import config_flags
 
 from crystal_search import search
 from crystal_search.errors import InputError
-from experiments.common import ConfigAliases, run
+from experiments.common import ConfigAliases, print_outcome, run
 
 #: Short flag -> (search config field, help).  The flag's type and default come from the field.
 ALIASES: dict[str, tuple[str, str]] = {
-  "composition": ("composition", "Composition, e.g. Li15Si4 (required)."),
+  "composition": (
+    "composition",
+    "Composition, e.g. Li15Si4 (required); a comma list (LiSi,Li2Si,Li15Si4) searches each into "
+    "OUTPUT/FORMULA/ (num_structures shared out equally) and writes their convex hull.",
+  ),
   "num_structures": ("num_structures", "Random structures to generate and relax."),
   "max_atoms": ("max_atoms", "Largest cell (atoms)."),
   "formula_units": (
@@ -84,6 +88,18 @@ _FORCE_FIELD = flags.DEFINE_enum(
   "force_field", "model", ["model", "chgnet", "meam"], "What relaxes the structures."
 )
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace a previous run in output_dir.")
+_RESUME = flags.DEFINE_boolean(
+  "resume",
+  False,
+  "Continue the run in --output_dir (killed, stopped with `touch OUT/STOP`, or cut short) with "
+  "the same settings; only unfinished chunks are redone.",
+)
+_SHARD = flags.DEFINE_string(
+  "shard",
+  None,
+  "I/N: run only the I-th (1-based) of N disjoint parts of the seeded search, e.g. one per "
+  "SLURM array task; `crystal-search merge` joins them into the unsharded run's report.",
+)
 _QUIET = flags.DEFINE_boolean("quiet", False, "No progress bars.")
 
 
@@ -102,16 +118,40 @@ def main(argv: list[str]) -> None:
   config = search_config()
   if not _OUT.value:
     raise InputError("--output_dir is required")
-  force_field, energy_fn = search.load_force_field(
-    _FORCE_FIELD.value, model=_MODEL.value, energy_model=_ENERGY_MODEL.value
-  )
-  teacher = search.load_force_field("chgnet")[0] if config.rescore_top_k > 0 else None
   # Screening goes with the packaged models; --model alone (or another force field) relaxes
   # every cell with that one model unless --search.screen_model is given too.
   screen = config.screen_model
   if _FORCE_FIELD.value != "model" or (_MODEL.value and not _flag_present("search.screen_model")):
     screen = ""
-  screen_ff = search.load_screen_force_field(screen, model=_MODEL.value)
+  sources = {
+    "force_field": _FORCE_FIELD.value,
+    "model": _MODEL.value or "",
+    "energy_model": _ENERGY_MODEL.value or "",
+    "screen_model": screen,
+  }
+  force_field, energy_fn, screen_ff, teacher = search.load_run_force_fields(
+    sources, rescore=config.rescore_top_k > 0
+  )
+  if "," in config.composition:  # one search per composition into OUT/FORMULA/, then the hull
+    if _SHARD.value:
+      raise InputError("--shard takes one composition; shard each composition's search instead")
+    from crystal_search import multi_search
+
+    result = multi_search.run_multi_search(
+      config.composition.split(","),
+      config,
+      force_field=force_field,
+      energy_fn=energy_fn,
+      teacher=teacher,
+      screen_force_field=screen_ff,
+      output_dir=_OUT.value,
+      overwrite=_OVERWRITE.value,
+      resume=_RESUME.value,
+      sources=sources,
+      progress=not _QUIET.value,
+    )
+    print(f"stable: {', '.join(result.stable)} -> {_OUT.value}/hull.md")
+    return
   # run_search validates the config and parses the composition (for the force field's elements).
   result = search.run_search(
     config,
@@ -121,15 +161,12 @@ def main(argv: list[str]) -> None:
     screen_force_field=screen_ff,
     output_dir=_OUT.value,
     overwrite=_OVERWRITE.value,
+    resume=_RESUME.value,
+    shard=_SHARD.value,
+    sources=sources,
     progress=not _QUIET.value,
   )
-  t = result.totals
-  print(
-    f"{t['unique']} unique structures from {t['relaxed']} relaxations "
-    f"({t['failed']} failed) in {t['wall_time_s']['total']:.1f} s -> {_OUT.value}/summary.md"
-  )
-  if t["interrupted"]:
-    print("run cut short: the report holds what finished")
+  print_outcome(result, _OUT.value)
 
 
 if __name__ == "__main__":
