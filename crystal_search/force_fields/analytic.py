@@ -84,6 +84,12 @@ class PairPotential:
     out = EnergyForceField(self.energy, name=self.name, elements=self.elements)(crystals)
     return out.replace(overflow=self.needs_more_images(crystals))
 
+  def bytes_per_structure(self, n_atoms: int) -> int:
+    """Working memory of one structure of ``n_atoms`` slots (bytes): the ``[N, N, S, 3]`` pair
+    displacements over ``S = (2 images + 1)^3`` translations, about four live copies under
+    autodiff, float32."""
+    return 4 * 4 * 3 * int(n_atoms) ** 2 * (2 * self.images + 1) ** 3
+
   def grow(self) -> PairPotential:
     """A copy that sums one more lattice translation along each axis."""
     return dataclasses.replace(self, images=self.images + 1)

@@ -323,21 +323,12 @@ def relax_structures(
     One :class:`RelaxResult` per input structure, in input order.
 
   Raises:
-    InputError: bad settings, or a structure with an element the force field does not support.
+    InputError: bad settings, or a structure :func:`check_inputs` refuses (no atoms, NaN or
+      infinite numbers, an absurd cell, too many atoms, an unsupported element).
   """
   cfg = make_config(config, **overrides)
   structures = list(structures)
-  elements = getattr(force_field, "elements", None)
-  for k, s in enumerate(structures):
-    if len(s) == 0:
-      raise InputError(f"structure {k}: no atoms")
-    if elements is not None:
-      unknown = sorted({sp.symbol for sp in s.species} - set(elements))
-      if unknown:
-        raise InputError(
-          f"structure {k} ({s.composition.reduced_formula}): element(s) {', '.join(unknown)} "
-          f"not supported by {getattr(force_field, 'name', 'the force field')}"
-        )
+  check_inputs(structures, force_field)
   devices = max(1, min(num_devices or jax.local_device_count(), jax.local_device_count()))
   driver = _Driver(force_field, cfg, devices)
   buckets: dict[int, list[int]] = {}
@@ -362,6 +353,33 @@ def relax_structures(
   return results  # type: ignore[return-value]
 
 
+def check_inputs(structures: Sequence[Structure], force_field) -> None:
+  """Refuse what no relaxation can start from, before any work: a structure without atoms,
+  with NaN or infinite numbers, an absurd cell (:func:`crystal_search.crystals.check_cell`), more
+  atoms than the largest bucket, or an element ``force_field`` does not support.
+
+  Raises:
+    InputError: one line naming the structure (its index and formula) and the problem.
+  """
+  elements = getattr(force_field, "elements", None)
+  for k, s in enumerate(structures):
+    if len(s) == 0:
+      raise InputError(f"structure {k}: no atoms")
+    name = f"structure {k} ({s.composition.reduced_formula})"
+    crystals_lib.check_cell(s, name=name)
+    if len(s) > crystals_lib.ATOM_BUCKETS[-1]:
+      raise InputError(
+        f"{name}: {len(s)} atoms exceeds the largest supported {crystals_lib.ATOM_BUCKETS[-1]}"
+      )
+    if elements is not None:
+      unknown = sorted({sp.symbol for sp in s.species} - set(elements))
+      if unknown:
+        raise InputError(
+          f"{name}: element(s) {', '.join(unknown)} "
+          f"not supported by {getattr(force_field, 'name', 'the force field')}"
+        )
+
+
 def merge_small_buckets(buckets: dict[int, list[int]], minimum: int) -> dict[int, list[int]]:
   """``{width: indices}`` with every bucket of fewer than ``minimum`` structures moved into the
   next wider one (the widest keeps what reaches it)."""
@@ -383,6 +401,7 @@ class _Driver:
   def __init__(self, force_field, cfg: ml_collections.ConfigDict, devices: int):
     self.base_force_field = force_field
     self.force_field = force_field
+    self.bucket_force_field = force_field
     self.cfg = cfg
     self.params = DynamicsParams.from_config(cfg)
     self.every = int(cfg.trajectory_every)
@@ -438,10 +457,24 @@ class _Driver:
       new_state = jax.tree_util.tree_map(np.asarray, dev_state)
       if not np.any(new_state.overflow):
         return new_state, jax.tree_util.tree_map(np.asarray, dev_traj)
-      if attempt < int(self.cfg.max_retries):
-        self.info["retries"] += 1
-        self.force_field = self.force_field.grow()
+      if attempt == int(self.cfg.max_retries):
+        break
+      grown = self.force_field.grow()
+      if not self._affordable(grown, new_state):
+        break
+      self.info["retries"] += 1
+      self.force_field = grown
     return _fail_overflowing(new_state), jax.tree_util.tree_map(np.asarray, dev_traj)
+
+  def _affordable(self, force_field, state) -> bool:
+    """Whether a batch like ``state`` still fits in memory with a grown ``force_field``: within
+    ``memory_budget_mb`` per device, or within 4 times what the bucket's first force field
+    needed.  A capacity that cannot be afforded fails the overflowing structures (``capacity``)
+    instead of exhausting memory (cells too thin for the force field's image range)."""
+    b, width = np.asarray(state.step).shape[0], np.asarray(state.crystals.positions).shape[1]
+    need = b * bytes_per_structure(width, force_field, trajectory_frames=self.frames)
+    start = b * bytes_per_structure(width, self.bucket_force_field, trajectory_frames=self.frames)
+    return need <= max(self.cfg.memory_budget_mb * 2**20 * self.devices, 4 * start)
 
   def run_bucket(self, structures, order, width, results, *, batch_size, bar) -> None:
     cfg, params, every = self.cfg, self.params, self.every
@@ -450,6 +483,7 @@ class _Driver:
     if callable(sized_for):  # an edge capacity for this bucket's structures, not the largest's
       bucket = crystals_lib.from_structures([structures[k] for k in order], max_atoms=width)
       self.force_field = sized_for(bucket)
+    self.bucket_force_field = self.force_field
     if batch_size is not None:
       b = int(math.ceil(int(batch_size) / d) * d)
     else:

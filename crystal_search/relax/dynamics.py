@@ -79,15 +79,15 @@ def observe(state: RelaxState, output: ForceFieldOutput, params: DynamicsParams)
   overflow = jnp.asarray(output.overflow, bool)
   real = c.n_atoms > 0
   update = (state.moving | state.fresh) & real
-  overflow = overflow & update
-  take = update & ~overflow
 
+  geometry_finite = jnp.all(
+    jnp.isfinite(jnp.where(c.mask[..., None], c.positions, 0.0)), axis=(-1, -2)
+  ) & jnp.all(jnp.isfinite(c.lattice), axis=(-1, -2))
   finite = (
-    jnp.all(jnp.isfinite(forces), axis=(-1, -2))
+    geometry_finite
+    & jnp.all(jnp.isfinite(forces), axis=(-1, -2))
     & jnp.all(jnp.isfinite(stress), axis=(-1, -2))
     & ~jnp.isinf(energy)
-    & jnp.all(jnp.isfinite(jnp.where(c.mask[..., None], c.positions, 0.0)), axis=(-1, -2))
-    & jnp.all(jnp.isfinite(c.lattice), axis=(-1, -2))
   )
   volume = jnp.abs(jnp.linalg.det(c.lattice))
   initial_volume = jnp.where(state.fresh, volume, state.initial_volume)
@@ -98,13 +98,18 @@ def observe(state: RelaxState, output: ForceFieldOutput, params: DynamicsParams)
     overlap_ratio(c, min_distance=params.min_distance, overlap_fraction=params.overlap_fraction)
     < 1.0
   )
-  code = jnp.where(
-    ~finite,
+  geometry = jnp.where(
+    ~geometry_finite,
     _NAN,
     jnp.where(
       collapsed, _COLLAPSE, jnp.where(bad_volume, _VOLUME, jnp.where(overlap, _OVERLAP, 0))
     ),
   ).astype(jnp.int32)
+  code = jnp.where(~finite, _NAN, geometry).astype(jnp.int32)
+  # A failure of the geometry alone (a collapsed cell, overlapping atoms) needs no force-field
+  # output: it fails even where the output overflowed, so that no capacity grows for it.
+  overflow = overflow & update & (geometry == 0)
+  take = update & ~overflow
   fail = take & (code > 0)
   ok = take & ~fail
 
