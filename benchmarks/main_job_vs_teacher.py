@@ -40,17 +40,31 @@ def part_search(tag: str) -> dict:
 
 
 def part_teacher() -> dict:
+  """CHGNet + ASE on the first ``--teacher_structures`` starts; each relaxation is kept in
+  ``--work_dir/teacher_rows/`` as it finishes, so a larger ``--teacher_structures`` adds only the
+  new starts."""
+  import json
+
   from crystal_search import metrics
 
   config = _config()
   starts = _common.search_starts(config)[: _TEACHER_N.value]
   references = metrics.load_reference_phases()
-  rows = _common.teacher_relaxations(
-    starts,
-    fmax=float(config.fmax),
-    max_steps=1000,
-    each=lambda final: {"known_phase": metrics.known_phase(final, references)},
-  )
+  folder = os.path.join(_WORK.value, "teacher_rows")
+  os.makedirs(folder, exist_ok=True)
+  rows = []
+  for k, start in enumerate(starts):
+    path = os.path.join(folder, f"{k:04d}.json")
+    if not os.path.exists(path):
+      (row,) = _common.teacher_relaxations(
+        [start],
+        fmax=float(config.fmax),
+        max_steps=1000,
+        each=lambda final: {"known_phase": metrics.known_phase(final, references)},
+      )
+      _common.write_part(folder, f"{k:04d}", row)
+    with open(path) as f:
+      rows.append(json.load(f))
   return {"relaxations": rows}
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import numpy as np
 
@@ -75,7 +76,9 @@ def _search_generator_dist(original):
     # (a batched product rounds differently in the last bit).
     point, first = np.append(pt, 1.0), self.ops[0].affine_matrix
     pts = np.array([np.dot(a, point)[:3] for a in _affine_stack(group[0])])
-    shifted = np.array([np.dot(first, np.append(p, 1.0))[:3] for p in pts])
+    homogeneous = np.ones((len(pts), 4))  # each row the np.append(p, 1.0) of pyxtal's loop
+    homogeneous[:, :3] = pts
+    shifted = np.array([np.dot(first, h)[:3] for h in homogeneous])
     coords = shifted - pts
     # pyxtal's distance() per row: wrapped into the cell, the shortest of the 27 images.
     pbc = self.PBC
@@ -148,15 +151,32 @@ def _project(original):
       if b > 1e-3:
         new += basis * (np.array([np.dot(p, basis) for p in points]) / (b**2))[:, None]
     new += shifts
-    distances = [np.linalg.norm((n - p).dot(cell)) for n, p in zip(new, points, strict=True)]
+    # np.linalg.norm of a vector is sqrt(x.dot(x)): the same numbers without its checks.
+    moves = [d.dot(cell) for d in new - points]
+    distances = [math.sqrt(m.dot(m)) for m in moves]
     return filtered_coords(new[int(np.argmin(distances))], PBC=PBC)
 
   return project
 
 
+def _number_from_specie(original):
+  cache: dict = {}
+
+  def number_from_specie(specie):
+    if not isinstance(specie, (str, int)):  # pymatgen species, floats: as pyxtal does it
+      return original(specie)
+    key = (type(specie), specie)
+    if key not in cache:
+      cache[key] = original(specie)
+    return cache[key]
+
+  return number_from_specie
+
+
 @functools.cache
 def install() -> None:
   """Install the faster helpers into pyxtal (once per process)."""
+  import pyxtal.database.element
   import pyxtal.lattice
   import pyxtal.operations
   import pyxtal.symmetry
@@ -190,5 +210,8 @@ def install() -> None:
     if hasattr(module, "distance_matrix"):
       module.distance_matrix = fast
   wp.copy = lambda self: copy.copy(self)
+  element = pyxtal.database.element.Element
+  ORIGINALS["number_from_specie"] = element.number_from_specie
+  element.number_from_specie = staticmethod(_number_from_specie(element.number_from_specie))
   wp.search_generator_dist = _search_generator_dist(wp.search_generator_dist)
   wp.project = _project(wp.project)

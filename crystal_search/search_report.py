@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from crystal_search import run_store
 
 __all__ = ["plot_energy_volume", "rows", "space_group", "work_line", "write_report"]
@@ -33,7 +35,10 @@ def rows(candidates, groups, rescored, config, output_dir) -> list[dict]:
   for rank, g in enumerate(groups, start=1):
     c = candidates[g[0]]
     cif = os.path.join("structures", f"rank_{rank:03d}.cif")
-    c.structure.to(filename=os.path.join(output_dir, cif))
+    try:
+      c.structure.to(filename=os.path.join(output_dir, cif))
+    except (ValueError, TypeError, ArithmeticError) as e:  # one structure's CIF, not the report
+      cif = f"not written: {e}"
     row = {
       "rank": rank,
       "formula": c.structure.composition.reduced_formula,
@@ -43,7 +48,7 @@ def rows(candidates, groups, rescored, config, output_dir) -> list[dict]:
       "volume_per_atom": c.structure.volume / len(c.structure),
       "space_group": space_group(c.structure, float(config.symprec)),
       "count": len(g),
-      "known_phase": metrics.known_phase(c.structure, references),
+      "known_phase": _known_phase(c.structure, references),
       "converged": c.converged,
       "polished": c.polished,
       "cif": cif,
@@ -52,6 +57,16 @@ def rows(candidates, groups, rescored, config, output_dir) -> list[dict]:
       row["teacher_energy_per_atom"] = rescored[g[0]]
     table.append(row)
   return table
+
+
+def _known_phase(structure, references) -> str | None:
+  """The bundled phase ``structure`` matches, None also when the matcher cannot compare it."""
+  from crystal_search import metrics
+
+  try:
+    return metrics.known_phase(structure, references)
+  except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+    return None
 
 
 def work_line(work: dict) -> str:

@@ -95,3 +95,12 @@ def test_project_is_bit_identical(originals, number):
       pt, lattice = rng.uniform(-0.2, 1.2, 3), _lattice(rng)
       want = originals["project"](wp, pt.copy(), lattice)
       np.testing.assert_array_equal(wp.project(pt.copy(), lattice), want)
+
+
+def test_number_from_specie_is_pyxtals(originals):
+  from pymatgen.core import Species
+  from pyxtal.database.element import Element
+
+  for specie in ("Li", "Si", 3, 14, "Lithium", Species("Li", 1), 14.0):
+    for _ in range(2):  # the second call answers from the cache
+      assert Element.number_from_specie(specie) == originals["number_from_specie"](specie)

@@ -631,6 +631,7 @@ def test_relax_files_reports_bad_inputs_and_writes_the_rest(tmp_path):
   import json
 
   import ase.io
+  from pymatgen.io.ase import AseAtomsAdaptor
 
   inp = tmp_path / "in"
   inp.mkdir()
@@ -640,17 +641,23 @@ def test_relax_files_reports_bad_inputs_and_writes_the_rest(tmp_path):
   ne = _perturbed_fcc(52)
   ne.replace_species({"Ar": "Ne"})
   ne.to(filename=str(inp / "ne.cif"))
+  # Two frames in one file: the second has two atoms on one spot and fails alone.
+  good, bad = _perturbed_fcc(53), _perturbed_fcc(54)
+  bad.replace(1, "Ar", bad[0].frac_coords)
+  ase.io.write(str(inp / "two.extxyz"), [AseAtomsAdaptor.get_atoms(x) for x in (good, bad)])
   lines = []
   ff = dataclasses.replace(LJ, elements=("Ar",))
   out = tmp_path / "out"
   summary = relax.relax_files(
     str(inp / "*"), ff, str(out), config=TIGHT, trajectories=True, log=lines.append
   )
-  by_file = {os.path.basename(e["file"]): e for e in summary["structures"]}
+  frames = [e for e in summary["structures"] if e["file"].endswith("two.extxyz")]
+  assert [e["failed"] for e in frames] == [False, True] and "overlap" in frames[1]["error"]
+  by_file = {os.path.basename(e["file"]): e for e in summary["structures"] if e not in frames}
   assert set(by_file) == {"a.cif", "b.vasp", "broken.cif", "ne.cif"}
   assert by_file["broken.cif"]["failed"] and "broken.cif" in by_file["broken.cif"]["error"]
   assert by_file["ne.cif"]["failed"] and "Ne" in by_file["ne.cif"]["error"]
-  assert len(lines) == 2 and all(line.startswith("error: ") and "\n" not in line for line in lines)
+  assert len(lines) == 3 and all(line.startswith("error: ") and "\n" not in line for line in lines)
   for name in ("a.cif", "b.vasp"):
     e = by_file[name]
     assert e["converged"] and not e["failed"] and e["steps"] > 0
@@ -659,7 +666,7 @@ def test_relax_files_reports_bad_inputs_and_writes_the_rest(tmp_path):
     frames = ase.io.read(str(out / e["trajectory"]), index=":")
     assert len(frames) == e["steps"] + 1
   on_disk = json.loads((out / "summary.json").read_text())
-  assert on_disk["counts"] == {"inputs": 4, "relaxed": 2, "converged": 2, "failed": 2}
+  assert on_disk["counts"] == {"inputs": 6, "relaxed": 3, "converged": 3, "failed": 3}
 
 
 def test_relax_binary_model_errors_are_one_line(tmp_path):

@@ -14,7 +14,7 @@ from pymatgen.core import Structure
 from crystal_search import crystals as crystals_lib
 from crystal_search.errors import InputError
 from crystal_search.relax.config import make_config
-from crystal_search.relax.driver import RelaxResult, relax_structures
+from crystal_search.relax.driver import RelaxResult, check_inputs, relax_structures
 
 
 def trajectory_atoms(result: RelaxResult) -> list:
@@ -93,11 +93,10 @@ def relax_files(
   os.makedirs(output_dir, exist_ok=True)
   entries: list[dict] = []
   todo: list[tuple[int, Structure]] = []
-  elements = getattr(force_field, "elements", None)
   names: set[str] = set()
   for path in paths:
     try:
-      structures = crystals_lib.read_structures(path)
+      structures = crystals_lib.read_structures(path, validate=False)  # each checked below
     except InputError as e:
       entries.append({"file": path, "name": None, "error": str(e), "failed": True})
       log(f"error: {e}")
@@ -115,15 +114,14 @@ def relax_files(
         "formula": s.composition.formula.replace(" ", ""),
         "n_atoms": len(s),
       }
-      unknown = sorted({sp.symbol for sp in s.species} - set(elements)) if elements else []
-      if unknown:
-        entry.update(
-          failed=True,
-          error=f"element(s) {', '.join(unknown)} not supported by {force_field.name}",
-        )
-        log(f"error: {path}: {entry['error']}")
-      else:
+      label = path if len(structures) == 1 else f"{path}[{k}]"
+      try:  # an absurd cell, overlapping atoms or a foreign element fail this structure alone
+        crystals_lib.validate_structure(s, name=label)
+        check_inputs([s], force_field)
         todo.append((len(entries), s))
+      except InputError as e:
+        entry.update(failed=True, error=str(e))
+        log(f"error: {name}: {e}")
       entries.append(entry)
   results = relax_structures(
     [s for _, s in todo], force_field, config=cfg, batch_size=batch_size, progress=progress
