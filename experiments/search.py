@@ -85,7 +85,11 @@ _ENERGY_MODEL = flags.DEFINE_string(
   "energy_model", None, "Energy model directory for ranking (default: the shipped one)."
 )
 _FORCE_FIELD = flags.DEFINE_enum(
-  "force_field", "model", ["model", "chgnet", "meam"], "What relaxes the structures."
+  "force_field",
+  "model",
+  ["model", "chgnet", "sevennet", "meam"],
+  "What relaxes the structures (chgnet: the teacher; sevennet: SevenNet-0, a second universal "
+  "potential).",
 )
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace a previous run in output_dir.")
 _RESUME = flags.DEFINE_boolean(

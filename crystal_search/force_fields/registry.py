@@ -29,7 +29,7 @@ PRETRAINED_MODELS = {
 }
 
 
-FORCE_FIELD_KINDS = ("model", "chgnet", "meam", "lj")
+FORCE_FIELD_KINDS = ("model", "chgnet", "sevennet", "meam", "lj")
 
 
 def make_force_field(
@@ -39,7 +39,8 @@ def make_force_field(
 
   Args:
     kind: ``model`` (our force/stress network from ``model``, or the pretrained one
-      shipped in the package when present), ``chgnet`` (the teacher), ``meam``
+      shipped in the package when present), ``chgnet`` (the teacher), ``sevennet`` (SevenNet-0,
+      a second universal potential that can stand in for the teacher), ``meam``
       (2NN MEAM through LAMMPS) or ``lj`` (a Lennard-Jones toy for smoke tests).
     model: force/stress model directory (``kind='model'``), or the name of a packaged model
       (``search.PRETRAINED_MODELS``: ``default`` or ``fast``) when no such directory exists.
@@ -54,6 +55,10 @@ def make_force_field(
     from crystal_search.force_fields.chgnet import CHGNetForceField
 
     return CHGNetForceField()
+  if kind == "sevennet":
+    from crystal_search.force_fields.sevennet import sevennet
+
+    return sevennet()
   if kind == "meam":
     from crystal_search.force_fields.lammps_meam import MEAMForceField
 
