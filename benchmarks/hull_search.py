@@ -166,28 +166,43 @@ def _markdown(r: dict) -> list[str]:
       [
         "relaxed",
         "CPU min",
+        "s / relaxation",
         "known phases found (rank, encounters)",
-        "teacher: starts, hits, CPU min",
+        "teacher: starts, hits",
+        "teacher s / relaxation",
+        "× teacher",
       ],
     ),  # fmt: skip
   ]
+  found = 0
   for formula, o in ours["compositions"].items():
     known = (
       "; ".join(f"{k['known_phase']} (rank {k['rank']}, {k['count']}×)" for k in o["known"])
       or "none"
     )
+    found += len(o["known"])
     rel = teacher[formula]["relaxations"]
     t_hits = sum(x["known_phase"] is not None for x in rel)
-    t_min = sum(x["wall_s"] for x in rel) / 60
+    t_per = sum(x["wall_s"] for x in rel) / max(len(rel), 1)
+    per = o["wall_s"] / max(o["relaxed"], 1)
     lines.append(
-      f"| {formula} | {o['relaxed']} | {o['wall_s'] / 60:.1f} | {known} | "
-      f"{len(rel)}, {t_hits}, {t_min:.1f} |"
+      f"| {formula} | {o['relaxed']} | {o['wall_s'] / 60:.1f} | {per:.2f} | {known} | "
+      f"{len(rel)}, {t_hits} | {t_per:.1f} | {t_per / per:.0f} |"
     )
   lines += [
     "",
-    f"Stable set of the searched hull: {', '.join(ours['stable'])}. Whole run (references, five "
-    f"searches, hull): {ours['wall_s'] / 60:.1f} CPU minutes.",
+    f"Stable set of the searched hull: {', '.join(ours['stable'])}. Whole run (references, "
+    f"{len(ours['compositions'])} search(es), hull): {ours['wall_s'] / 60:.1f} CPU minutes.",
   ]
+  if not found and not any(x.startswith("formula_units") for x in r.get("settings", [])):
+    lines += [
+      "",
+      "No bundled phase turned up: the default draw spreads the cells over every size up to 38 "
+      "atoms and over many space groups, while the known phases sit at one size and symmetry each "
+      "(Li15Si4: 38 atoms, 24 operations). Aimed as AIRSS users aim a search (`--formula_units`, "
+      "`--min_symmops`/`--max_symmops`), 200 cells find Li15Si4 11 times and rank it first "
+      "(`main_job_vs_teacher.md`).",
+    ]
   return lines
 
 

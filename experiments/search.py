@@ -136,29 +136,7 @@ def main(argv: list[str]) -> None:
   force_field, energy_fn, screen_ff, teacher = search.load_run_force_fields(
     sources, rescore=config.rescore_top_k > 0
   )
-  if "," in config.composition:  # one search per composition into OUT/FORMULA/, then the hull
-    if _SHARD.value:
-      raise InputError("--shard takes one composition; shard each composition's search instead")
-    from crystal_search import multi_search
-
-    result = multi_search.run_multi_search(
-      config.composition.split(","),
-      config,
-      force_field=force_field,
-      energy_fn=energy_fn,
-      teacher=teacher,
-      screen_force_field=screen_ff,
-      output_dir=_OUT.value,
-      overwrite=_OVERWRITE.value,
-      resume=_RESUME.value,
-      sources=sources,
-      progress=not _QUIET.value,
-    )
-    print(f"stable: {', '.join(result.stable)} -> {_OUT.value}/hull.md")
-    return
-  # run_search validates the config and parses the composition (for the force field's elements).
-  result = search.run_search(
-    config,
+  kwargs = dict(
     force_field=force_field,
     energy_fn=energy_fn,
     teacher=teacher,
@@ -166,10 +144,19 @@ def main(argv: list[str]) -> None:
     output_dir=_OUT.value,
     overwrite=_OVERWRITE.value,
     resume=_RESUME.value,
-    shard=_SHARD.value,
     sources=sources,
     progress=not _QUIET.value,
   )
+  if "," in config.composition:  # one search per composition into OUT/FORMULA/, then the hull
+    if _SHARD.value:
+      raise InputError("--shard takes one composition; shard each composition's search instead")
+    from crystal_search import multi_search
+
+    hull = multi_search.run_multi_search(config.composition.split(","), config, **kwargs)
+    print(f"stable: {', '.join(hull.stable)} -> {_OUT.value}/hull.md")
+    return
+  # run_search validates the config and parses the composition (for the force field's elements).
+  result = search.run_search(config, shard=_SHARD.value, **kwargs)
   print_outcome(result, _OUT.value)
 
 
