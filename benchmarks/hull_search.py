@@ -48,16 +48,9 @@ def _config():
 
 def _per_composition():
   """``{formula: search config}`` as the multi-composition search splits the cells."""
-  from crystal_search import compositions, multi_search
+  from crystal_search import multi_search
 
-  config = _config()
-  counts = multi_search.split_structures(int(config.num_structures), len(_COMPOSITIONS.value))
-  out = {}
-  for name, n in zip(_COMPOSITIONS.value, counts, strict=True):
-    c = _config()
-    c.composition, c.num_structures = name, n
-    out[compositions.formula_name(compositions.parse_composition(name))] = c
-  return out
+  return multi_search.composition_configs(_COMPOSITIONS.value, _config())
 
 
 def part_ours() -> dict:

@@ -125,7 +125,7 @@ def _relax(structures, force_field, energy_fn, settings, progress):
   from crystal_search import relax, search
 
   config = _relax_settings(settings)
-  kwargs = search._relax_kwargs(config, float(config.fmax))
+  kwargs = search.relax_kwargs(config, float(config.fmax))
   results = relax.relax_structures(structures, force_field, progress=progress, **kwargs)
   ok = [k for k, r in enumerate(results) if not r.failed]
   energies = np.full(len(results), np.nan)

@@ -25,13 +25,29 @@ from crystal_search.hull import (
   reference_energies,
 )
 
-__all__ = ["run_multi_search", "split_structures"]
+__all__ = ["composition_configs", "run_multi_search", "split_structures"]
 
 
 def split_structures(total: int, count: int) -> list[int]:
   """``total`` random structures split equally over ``count`` compositions (the first ones get
   one more when it does not divide), at least one each."""
   return [max(1, total // count + (k < total % count)) for k in range(count)]
+
+
+def composition_configs(
+  compositions: Sequence[str], config: ml_collections.ConfigDict
+) -> dict[str, ml_collections.ConfigDict]:
+  """``{formula: search config}``: ``config`` for each composition, with its share of
+  ``config.num_structures`` (:func:`split_structures`), in the order given."""
+  from crystal_search import compositions as compositions_lib
+
+  counts = split_structures(int(config.num_structures), len(compositions))
+  configs = {}
+  for name, n in zip(compositions, counts, strict=True):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.composition, c.num_structures = name, n
+    configs[compositions_lib.formula_name(compositions_lib.parse_composition(name))] = c
+  return configs
 
 
 def run_multi_search(
@@ -82,14 +98,10 @@ def run_multi_search(
   check_elements(elements, force_field)
   if len(elements) < 2:
     raise InputError(f"compositions {','.join(names)}: one element only; a hull needs two")
-  configs = {}
-  counts = split_structures(int(config.num_structures), len(names))
-  for (formula, (name, comp)), n in zip(parsed.items(), counts, strict=True):
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.composition, c.num_structures = name, n
+  configs = composition_configs(names, config)
+  for formula, c in configs.items():
     search.validate_config(c)
-    random_structures.check_composition(comp, search.generator_config(c))
-    configs[formula] = c
+    random_structures.check_composition(parsed[formula][1], search.generator_config(c))
   hull_report.check_output_dir(output_dir, overwrite=overwrite or resume)
   refs = reference_energies(
     elements, force_field, energy_fn=energy_fn, settings=config.to_dict(), progress=progress

@@ -225,18 +225,13 @@ def read_chunks(path: str) -> dict[int, dict]:
   return chunks
 
 
-def collect_chunks(inputs: list[str], num_chunks: int) -> tuple[dict, list[dict]]:
+def collect_chunks(inputs: list[str], num_chunks: int) -> dict[int, dict]:
   """Chunks ``0 .. num_chunks - 1`` gathered from the search directories ``inputs`` (shards of
-  one run); ``(chunks by number, run.json of each input)``.  One-line errors for an input that is
-  not a search, a chunk in two inputs, and chunks that no input holds."""
+  one run, whose ``run.json`` the caller has checked), by number.  One-line errors for a chunk
+  in two inputs and for chunks that no input holds."""
   chunks: dict[int, dict] = {}
   source: dict[int, str] = {}
-  runs = []
   for path in inputs:
-    run = read_run(path) if os.path.isdir(path) else None
-    if run is None:
-      raise InputError(f"{path}: not a search directory (no {RUN_FILE})")
-    runs.append(run)
     for k, chunk in read_chunks(path).items():
       if k in chunks:
         raise InputError(f"chunk {k} is in both {source[k]} and {path}: give each shard once")
@@ -251,4 +246,4 @@ def collect_chunks(inputs: list[str], num_chunks: int) -> tuple[dict, list[dict]
   extra = sorted(set(chunks) - set(range(num_chunks)))
   if extra:
     raise InputError(f"chunk {extra[0]} is beyond the run's {num_chunks} chunks")
-  return chunks, runs
+  return chunks

@@ -41,7 +41,6 @@ from crystal_search.search_models import (  # noqa: F401
   load_run_force_fields,
   load_screen_force_field,
 )
-from crystal_search.search_report import space_group as _space_group  # noqa: F401
 
 #: Free disk space a search needs before it starts (MB).
 MIN_FREE_DISK_MB = 50
@@ -235,9 +234,9 @@ def run_search(
   pipe = _Pipeline(
     config, force_field, energy_fn, screen_force_field, teacher, output_dir, progress
   )  # fmt: skip
-  interrupted, stopped = _screen_chunks(pipe, composition, ranges, todo)
-  done = run_store.read_chunks(output_dir)
-  chunks = {k: done[k] for k in todo if k in done}
+  finished = run_store.read_chunks(output_dir)  # those of an earlier run when resuming
+  interrupted, stopped = _screen_chunks(pipe, composition, ranges, todo, finished)
+  chunks = {k: finished[k] for k in todo if k in finished}
   state = {"interrupted": interrupted, "stopped": stopped, "shard": part, "total": len(todo)}
   return _finish(pipe, chunks, state)
 
@@ -274,11 +273,11 @@ def merge_runs(
   config.update(runs[0]["settings"])
   whole = run_store.identity(config.to_dict(), runs[0]["force_fields"], None)
   names = _force_field_names(force_field, screen_force_field, runs[0]["force_fields"]["sources"])
-  diff = run_store.difference(whole, {**whole, "force_fields": names}, shard=False)
+  diff = run_store.difference({"force_fields": runs[0]["force_fields"]}, {"force_fields": names})
   if diff:
     raise InputError(f"the force fields given to merge are not the run's: {diff}")
   ranges = run_store.chunk_ranges(int(config.num_structures), int(config.chunk_size))
-  chunks, _ = run_store.collect_chunks(inputs, len(ranges))
+  chunks = run_store.collect_chunks(inputs, len(ranges))
   prepare_output_dir(output_dir, whole, overwrite=overwrite)
   for k in sorted(chunks):
     run_store.write_chunk(output_dir, chunks[k])
@@ -409,23 +408,22 @@ def _check_inputs(config, force_field, screen_force_field):
   return composition
 
 
-def _screen_chunks(pipe: _Pipeline, composition, ranges: list[range], todo: list[int]):
-  """Generate, relax and score every chunk of ``todo`` that is not on disk yet, committing each
-  as it finishes; ``(interrupted, stopped)``: Ctrl-C or the STOP file ended it early."""
+def _screen_chunks(pipe: _Pipeline, composition, ranges, todo: list[int], finished: dict):
+  """Generate, relax and score every chunk of ``todo`` not in ``finished`` (the chunks on disk,
+  by number), committing each to disk and adding it to ``finished`` as it finishes;
+  ``(interrupted, stopped)``: Ctrl-C or the STOP file ended it early."""
   from crystal_search import run_store
 
-  finished = run_store.read_chunks(pipe.output_dir)
   made_any = any(c["results"] for c in finished.values())
-  done = set(finished)
-  del finished  # numbers only while screening
   try:
     for k in todo:
-      if k in done:
+      if k in finished:
         continue
       if run_store.stop_requested(pipe.output_dir):
         return False, True
       chunk = _run_chunk(pipe, composition, k, ranges[k], strict=not made_any)
       run_store.write_chunk(pipe.output_dir, chunk)
+      finished[k] = chunk  # what was written: JSON keeps every number exactly
       made_any = made_any or bool(chunk["results"])
   except KeyboardInterrupt:
     return True, False
@@ -480,14 +478,15 @@ def _relax_list(structures, force_field, config, fmax: float, work: dict, progre
     trajectory_every=1 if config.write_trajectories else 0,
     progress=progress,
     stats=stats,
-    **_relax_kwargs(config, fmax),
+    **relax_kwargs(config, fmax),
   )
   for key in RELAX_WORK:
     work[key] += int(stats[key])
   return results
 
 
-def _relax_kwargs(config, fmax: float) -> dict:
+def relax_kwargs(config, fmax: float) -> dict:
+  """The relaxer's keywords of search config ``config`` with threshold ``fmax`` (eV/Å)."""
   return dict(
     optimizer=str(config.optimizer),
     fmax=fmax,
@@ -604,7 +603,7 @@ def _rescore(candidates, groups, teacher, config, progress) -> dict[int, float]:
 
   top = [candidates[g[0]] for g in groups[: int(config.rescore_top_k)]]
   again = relax.relax_structures(
-    [c.structure for c in top], teacher, progress=progress, **_relax_kwargs(config, config.fmax)
+    [c.structure for c in top], teacher, progress=progress, **relax_kwargs(config, config.fmax)
   )
   return {
     g[0]: r.energy / len(r.final) for g, r in zip(groups, again, strict=False) if not r.failed
