@@ -16,7 +16,6 @@ Stress is the calculator's (potential) stress converted from ASE's eV/Å^3
 from __future__ import annotations
 
 import glob
-import itertools
 import os
 import time
 import warnings
@@ -25,37 +24,86 @@ import numpy as np
 from pymatgen.core import Structure
 
 from crystal_search.datasets import frames as frames_lib
+from crystal_search.errors import InputError
 from crystal_search.random_structures import LISI_PHASES_DIR
 from crystal_search.units import stress_from_ase
 
-#: The paper's MD stoichiometries except the held-out Li15Si4.
-DEFAULT_MD_PHASES = ("LiSi", "Li13Si4", "Li2Si", "Li7Si2")
+#: The bundled known phases of the training stoichiometries' system except the held-out Li15Si4.
+DEFAULT_MD_PHASES = ("LiSi", "Li12Si7", "Li7Si3", "Li13Si4")
+
+
+def _min_width(matrix: np.ndarray) -> float:
+  """Smallest perpendicular width (Å) of the cell with lattice rows ``matrix``."""
+  volume = abs(np.linalg.det(matrix))
+  return min(
+    volume / np.linalg.norm(np.cross(matrix[(i + 1) % 3], matrix[(i + 2) % 3])) for i in range(3)
+  )
 
 
 def supercell_in_range(
-  structure: Structure, *, min_atoms: int = 64, max_atoms: int = 78, max_factor: int = 4
+  structure: Structure, *, min_atoms: int = 64, max_atoms: int = 78
 ) -> Structure | None:
-  """The most compact diagonal supercell with ``min_atoms <= n <= max_atoms`` atoms, or None.
+  """The most compact supercell of the primitive cell with ``min_atoms <= n <= max_atoms``, or None.
 
-  Among the diagonal multiples ``(a, b, c)`` whose atom count lies in the range, the
-  one whose shortest perpendicular cell width is largest is chosen.
+  Candidates, for every multiple ``k`` of the primitive cell in the range: the integer matrices
+  (non-diagonal in general) that ASE's :func:`~ase.build.find_optimal_cell_shape` finds closest
+  to a simple-cubic and to an fcc cell, and the diagonal multiples of the given cell.  Each is Niggli-reduced and
+  the one whose smallest perpendicular width (Å) is largest wins (ties: fewer atoms), i.e. the
+  cell in which an atom's periodic images lie farthest apart.
+  ``properties["supercell_matrix"]`` holds the matrix (rows, in primitive-cell vectors).
   """
-  n = len(structure)
-  best, best_width = None, -1.0
-  for mult in itertools.product(range(1, max_factor + 1), repeat=3):
-    count = n * int(np.prod(mult))
-    if not min_atoms <= count <= max_atoms:
+  import itertools
+
+  from ase.build.supercells import find_optimal_cell_shape
+
+  primitive = structure.get_primitive_structure()
+  lattice = primitive.lattice.matrix
+  n = len(primitive)
+  candidates = []
+  for k in range(max(1, -(-min_atoms // n)), max_atoms // n + 1):
+    for shape in ("sc", "fcc"):
+      candidates.append(np.asarray(find_optimal_cell_shape(lattice, k, shape), int))
+  # Diagonal multiples of the given (conventional) cell, written in primitive-cell vectors.
+  to_primitive = structure.lattice.matrix @ np.linalg.inv(lattice)
+  for mult in itertools.product(range(1, 7), repeat=3):
+    matrix = np.rint(np.diag(mult) @ to_primitive).astype(int)
+    if min_atoms <= len(structure) * int(np.prod(mult)) <= max_atoms:
+      candidates.append(matrix)
+  best, best_key = None, None
+  for matrix in candidates:
+    if round(abs(np.linalg.det(matrix))) == 0:
       continue
-    matrix = structure.lattice.matrix * np.asarray(mult)[:, None]
-    volume = abs(np.linalg.det(matrix))
-    widths = [
-      volume / np.linalg.norm(np.cross(matrix[(i + 1) % 3], matrix[(i + 2) % 3])) for i in range(3)
-    ]
-    if min(widths) > best_width:
-      best, best_width = mult, min(widths)
-  if best is None:
-    return None
-  return structure.make_supercell(list(best), in_place=False)
+    cell = primitive.make_supercell(matrix.tolist(), in_place=False).get_reduced_structure("niggli")
+    key = (-round(_min_width(cell.lattice.matrix), 6), len(cell))
+    if best_key is None or key < best_key:
+      best, best_key = cell, key
+      best.properties["supercell_matrix"] = matrix.tolist()
+  return best
+
+
+def md_cell(
+  structure: Structure, *, min_atoms: int = 64, max_atoms: int = 78, nearest_outside: bool = True
+) -> tuple[Structure, str]:
+  """The MD cell of a phase and a one-line note on how it was chosen.
+
+  The most cubic supercell in the atom range (:func:`supercell_in_range`).  A phase with no
+  multiple of its primitive cell in the range raises :class:`InputError`, or, with
+  ``nearest_outside``, runs in the multiple whose atom count lies nearest the range (ties:
+  the smaller), the most cubic one of that size.
+  """
+  cell = supercell_in_range(structure, min_atoms=min_atoms, max_atoms=max_atoms)
+  if cell is not None:
+    return cell, f"{len(cell)} atoms (in {min_atoms}-{max_atoms})"
+  n = len(structure.get_primitive_structure())
+  formula = structure.composition.reduced_formula
+  if not nearest_outside:
+    raise InputError(
+      f"{formula}: no supercell of its {n}-atom primitive cell has {min_atoms}-{max_atoms} atoms"
+    )
+  below, above = (min_atoms // n) * n, -(-min_atoms // n) * n
+  target = below if below and min_atoms - below <= above - max_atoms else above
+  cell = supercell_in_range(structure, min_atoms=target, max_atoms=target)
+  return cell, f"{len(cell)} atoms (no multiple of {n} in {min_atoms}-{max_atoms}: the nearest)"
 
 
 def known_phases(directory: str = LISI_PHASES_DIR) -> dict[str, Structure]:
