@@ -20,6 +20,7 @@ import time
 
 from absl import flags
 
+from crystal_search.datasets import frames as frames_lib
 from crystal_search.datasets import md, md_segments
 from experiments.common import run
 
@@ -42,13 +43,19 @@ flags.DEFINE_string("output_dir", "data/teacher_md", "Output folder.")
 flags.DEFINE_integer("num_threads", 1, "Torch threads.")
 
 
-def _collect(names: list[str], version: dict) -> None:
-  for name in names:
+def _collect(phases: list[md_segments.Phase], version: dict) -> None:
+  for phase in phases:
+    name = phase.name
     phase_dir = os.path.join(FLAGS.output_dir, "segments", name)
     if not md_segments.segment_paths(phase_dir):
       continue
-    frames = md_segments.collect(phase_dir, version)
     path = os.path.join(FLAGS.output_dir, f"{name}.npz")
+    if not version and os.path.exists(path):  # --collect_only: keep the teacher's versions
+      old = frames_lib.load(path).metadata
+      version = {k: old[k] for k in ("teacher", "chgnet", "torch", "model_name") if k in old}
+    extra = {**version, "supercell_matrix": phase.structure.properties.get("supercell_matrix")}
+    extra["cell_note"] = phase.structure.properties.get("cell_note")
+    frames = md_segments.collect(phase_dir, extra)
     frames.save(path)
     m = frames.metadata
     print(
@@ -68,10 +75,6 @@ def main(argv: list[str]) -> None:
     max_temperature_factor=FLAGS.max_temperature_factor,
   )
   formulas = md_segments.shard_of(FLAGS.phases, FLAGS.shard)
-  names = [f"{f}_md_{FLAGS.seed}" for f in formulas]
-  if FLAGS.collect_only:
-    _collect(names, {})
-    return
   phases = md_segments.md_phases(
     md.known_phases(),
     formulas,
@@ -80,6 +83,9 @@ def main(argv: list[str]) -> None:
     max_atoms=FLAGS.max_atoms,
     nearest_outside=FLAGS.nearest_outside,
   )
+  if FLAGS.collect_only:
+    _collect(phases, {})
+    return
   from crystal_search.force_fields.chgnet import CHGNetForceField
 
   ff = CHGNetForceField(num_threads=FLAGS.num_threads)
@@ -94,7 +100,7 @@ def main(argv: list[str]) -> None:
     log=lambda line: print(line, flush=True),
   )
   print(", ".join(f"{k}: {v}" for k, v in status.items()), flush=True)
-  _collect([p.name for p in phases], ff.version_info())
+  _collect(phases, ff.version_info())
 
 
 if __name__ == "__main__":

@@ -161,3 +161,28 @@ def test_shard_and_segment_files(tmp_path):
   assert md_segments.steps_done(str(tmp_path / "none")) == 0
   assert os.path.isdir(tmp_path)
   assert frames_lib.from_arrays([]).__len__() == 0
+
+
+def test_md_dataset_reports_runs(tmp_path, phases):
+  from crystal_search.datasets import sampling, stats
+
+  settings = md_segments.MDSettings(segment_steps=20, sample_every=5)
+  phase = md_segments.md_phases(phases, ["Si"], min_atoms=8, max_atoms=8, log=lambda _: None)[0]
+  assert len(phase.structure) == 8
+  phase_dir = str(tmp_path / "segments" / phase.name)
+  for _ in range(2):
+    md_segments.run_segment(phase_dir, phase.structure, _lj(), settings, seed=0)
+  extra = {"cell_note": phase.structure.properties["cell_note"]}
+  run_path = str(tmp_path / f"{phase.name}.npz")
+  md_segments.collect(phase_dir, extra).save(run_path)
+  manifest = sampling.build_md_dataset([run_path], str(tmp_path / "ds"))
+  (run,) = manifest["runs"]
+  assert run["formula"] == "Si" and run["n_atoms"] == 8 and run["simulated_ps"] == 0.08
+  assert run["frames"] == sum(
+    manifest["per_stoichiometry"]["Si"][f"frames_{k}"] for k in "train val test".split()
+  )
+  table = stats.md_runs_markdown(manifest)
+  assert "| Si | 8 | in 8-8 | 0.08 |" in table
+  md_frames = frames_lib.load(run_path)
+  stats.plot_md_vs_random(md_frames, md_frames, str(tmp_path / "cmp.png"))
+  assert os.path.getsize(tmp_path / "cmp.png") > 0

@@ -372,6 +372,7 @@ def md_phases(
     except InputError as e:
       log(f"error: {e}")
       continue
+    cell.properties["cell_note"] = note
     log(f"{formula}: {note}, supercell matrix {cell.properties['supercell_matrix']}")
     phases.append(Phase(f"{formula}_md_{seed}", cell, seed))
   return phases

@@ -310,6 +310,26 @@ def build_dataset(
   return manifest
 
 
+#: What an MD run file's metadata contributes to the MD manifest's ``runs`` (one row per run).
+MD_RUN_KEYS = (
+  "name",
+  "n_atoms",
+  "cell_note",
+  "supercell_matrix",
+  "temperature_k",
+  "timestep_fs",
+  "sample_every",
+  "stol",
+  "seed",
+  "steps",
+  "simulated_ps",
+  "mean_temperature_k",
+  "max_temperature_k",
+  "wall_seconds",
+  "diverged",
+)
+
+
 def build_md_dataset(
   paths: Sequence[str],
   output_dir: str,
@@ -322,7 +342,9 @@ def build_md_dataset(
   train, the next 10 % validate, the last 10 % test (neighbouring MD frames are correlated, so
   a random frame split would leak).  Runs of held-out stoichiometries are left out.
 
-  Writes ``train.npz``, ``val.npz``, ``test.npz`` and ``manifest.json``; returns the manifest.
+  Writes ``train.npz``, ``val.npz``, ``test.npz`` and ``manifest.json`` (frames per split and
+  stoichiometry, and per run its settings, atoms, ps simulated, frames kept and wall seconds);
+  returns the manifest.
   """
   if not paths:
     raise InputError("no MD frame files to build a dataset from")
@@ -331,12 +353,22 @@ def build_md_dataset(
     raise InputError(f"split fractions {tuple(fractions)}: must be non-negative, not all zero")
   collector = _Collector()
   per: dict[str, dict] = defaultdict(lambda: {"runs": 0, **{f"frames_{s}": 0 for s in SPLITS}})
+  runs = []
   for path in paths:
     frames = frames_lib.load(path)
     formula = formula_of(frames)
     if formula in set(holdout) or len(frames) == 0:
       continue
     per[formula]["runs"] += 1
+    meta = frames.metadata
+    runs.append(
+      {
+        "file": os.path.basename(path),
+        "formula": formula,
+        "frames": len(frames),
+        **{k: meta[k] for k in MD_RUN_KEYS if k in meta},
+      }
+    )
     order = np.argsort(frames.step, kind="stable")
     edges = np.round(np.cumsum(fractions) / total * len(order)).astype(int)
     start = 0
@@ -356,6 +388,7 @@ def build_md_dataset(
     "source": source,
     "files": files,
     "per_stoichiometry": {k: dict(v) for k, v in sorted(per.items())},
+    "runs": runs,
   }
   with open(os.path.join(output_dir, "manifest.json"), "w") as f:
     json.dump(manifest, f, indent=2)

@@ -1,4 +1,4 @@
-"""Dataset statistics: the paper's Table 4 and Figures 1–2, and per-stoichiometry counts.
+"""Dataset statistics: the paper's Table 4 and Figures 1–2, per-stoichiometry and per-MD-run counts.
 
 Table 4 of Cheon et al. 2020 summarises the random-structure dataset with the
 mean, standard deviation, min and max of
@@ -115,6 +115,66 @@ def plot_distributions(frames: frames_lib.Frames, path: str, *, title: str = "")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def plot_md_vs_random(
+  md: frames_lib.Frames, random: frames_lib.Frames, path: str, *, title: str = ""
+) -> None:
+  """Force (left) and stress (right) component densities of MD frames against random-relaxation
+  frames on shared axes (log density), the comparison of the paper's appendix Figures 1–2."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  arrays = {"MD": label_arrays(md), "random relaxations": label_arrays(random)}
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  for ax, key, xlabel in (
+    (axes[0], "force", "force component (eV/Å)"),
+    (axes[1], "stress", "stress component (kBar)"),
+  ):
+    values = {k: v[key][np.isfinite(v[key])] for k, v in arrays.items()}
+    everything = np.concatenate([v for v in values.values() if len(v)] or [np.zeros(1)])
+    bins = np.linspace(everything.min(), everything.max(), 101)
+    for (name, v), color in zip(values.items(), ("tab:red", "tab:blue")):
+      if len(v):
+        label = f"{name} (std {v.std():.3g})"
+        ax.hist(v, bins=bins, density=True, histtype="step", color=color, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def md_runs_markdown(manifest: dict) -> str:
+  """One row per MD run of an MD dataset's ``manifest.json``: atoms, ps, frames kept (after the
+  StructureMatcher dedupe) and per split, mean temperature, teacher wall minutes."""
+  per = manifest.get("per_stoichiometry", {})
+  lines = [
+    "**MD runs** (800 K teacher NVT; frames after the StructureMatcher dedupe)",
+    "",
+    "| phase | atoms | cell | ps | frames | train / val / test | mean T (K) | wall (min) |",
+    "|---|---:|---|---:|---:|---|---:|---:|",
+  ]
+  for run in manifest.get("runs", []):
+    row = per.get(run["formula"], {})
+    split = " / ".join(str(row.get(f"frames_{k}", 0)) for k in ("train", "val", "test"))
+    ps, temp, wall = run.get("simulated_ps"), run.get("mean_temperature_k"), run.get("wall_seconds")
+    note = (run.get("cell_note") or "").split(" (")[-1].rstrip(")") or "–"
+    if run.get("diverged"):
+      note += "; diverged"
+    lines.append(
+      f"| {run['formula']} | {run.get('n_atoms', '–')} | {note} | "
+      f"{'–' if ps is None else f'{ps:.2f}'} | {run['frames']} | {split} | "
+      f"{'–' if temp is None else f'{temp:.0f}'} | {'–' if wall is None else f'{wall / 60:.0f}'} |"
+    )
+  return "\n".join(lines)
 
 
 def teacher_summary(metadata: Sequence[dict]) -> dict[str, dict]:
