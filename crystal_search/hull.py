@@ -45,6 +45,7 @@ __all__ = [
   "SearchRuns",
   "build_hull",
   "check_elements",
+  "reference_structure",
   "chemical_system",
   "known_phases_hull",
   "load_runs",
@@ -159,22 +160,43 @@ def reference_energies(
       relaxation fails or has no finite energy.
   """
   check_elements(elements, force_field)
-  from pymatgen.io.cif import CifParser
-
-  structures = []
-  for el in elements:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      path = os.path.join(metrics.REFERENCE_PHASES_DIR, REFERENCE_FILES[el])
-      structures.append(CifParser(path).parse_structures(primitive=False)[0])
+  structures = [reference_structure(el) for el in elements]
   results, energies = _relax(structures, force_field, energy_fn, settings, progress)
   refs = {}
   for el, r, e in zip(elements, results, energies, strict=True):
     if r.failed or not np.isfinite(e):
       why = r.failure_reason or "no finite energy"
-      raise InputError(f"reference {el} ({REFERENCE_FILES[el]}) failed to relax: {why}")
+      source = REFERENCE_FILES.get(el, "ase.build.bulk")
+      raise InputError(f"reference {el} ({source}) failed to relax: {why}")
     refs[el] = Reference(el, r.final, float(e), bool(r.converged), int(r.steps))
   return refs
+
+
+def reference_structure(element: str) -> Structure:
+  """The elemental reference of ``element``: the bundled Materials Project cell for Li and Si
+  (:data:`REFERENCE_FILES`), otherwise ASE's reference crystal (``ase.build.bulk``: diamond Ge,
+  bcc Na, ...); one-line :class:`InputError` for an element ASE has no crystal for."""
+  if element in REFERENCE_FILES:
+    from pymatgen.io.cif import CifParser
+
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      path = os.path.join(metrics.REFERENCE_PHASES_DIR, REFERENCE_FILES[element])
+      return CifParser(path).parse_structures(primitive=False)[0]
+  from ase.build import bulk
+  from ase.data import atomic_numbers, reference_states
+  from pymatgen.io.ase import AseAtomsAdaptor
+
+  number = atomic_numbers.get(element)
+  state = reference_states[number] if number is not None else None
+  try:
+    if not state or state.get("symmetry") in ("atom", "diatom"):
+      raise ValueError("not a crystal")
+    return AseAtomsAdaptor.get_structure(bulk(element))
+  except (ValueError, KeyError, NotImplementedError, RuntimeError):
+    raise InputError(
+      f"element {element}: no reference structure (ASE has no crystal for it)"
+    ) from None
 
 
 def check_elements(elements: Sequence[str], force_field) -> None:
@@ -183,9 +205,7 @@ def check_elements(elements: Sequence[str], force_field) -> None:
   supported = getattr(force_field, "elements", None)
   name = getattr(force_field, "name", "the force field")
   for el in elements:
-    if el not in REFERENCE_FILES:
-      have = ", ".join(REFERENCE_FILES)
-      raise InputError(f"element {el}: no reference structure for the hull (have {have})")
+    reference_structure(el)  # one-line error when there is none
     if supported is not None and el not in supported:
       raise InputError(f"element {el}: {name} has no parameters for it")
 

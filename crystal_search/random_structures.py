@@ -503,7 +503,8 @@ def config_from(options) -> RandomStructureConfig:
 
   Reads the keys it finds among ``max_atoms``, ``volume_low``/``volume_high`` (fractions of the
   estimated volume), ``min_separation`` (Å), ``symmetric_fraction``, ``min_symmops``,
-  ``max_symmops``, ``formula_units`` (``"1,2"``), ``primitive_cells`` and ``max_attempts``;
+  ``max_symmops``, ``formula_units`` (``"1,2"``), ``primitive_cells``, ``max_attempts``,
+  ``element_volumes`` and ``pair_min_separation`` (:func:`parse_table`);
   absent keys keep the generator's defaults.  The one mapping from the search and teacher
   configs onto the generator.
   """
@@ -522,7 +523,30 @@ def config_from(options) -> RandomStructureConfig:
     formula_units=parse_formula_units(get("formula_units", "")),
     primitive_cells=bool(get("primitive_cells", default.primitive_cells)),
     max_attempts=int(get("max_attempts", default.max_attempts)),
+    pair_min_separation=parse_table(get("pair_min_separation", ""), "pair_min_separation"),
+    element_volumes=parse_table(get("element_volumes", ""), "element_volumes"),
   )
+
+
+def parse_table(text: str, name: str) -> tuple[tuple[str, float], ...]:
+  """``"Li=14.8,Ge=17.9"`` (``element_volumes``, Å^3) or ``"Li-Ge=2.37,Ge-Ge=2.29"``
+  (``pair_min_separation``, Å) → sorted ``((key, value), ...)``; ``""`` → ``()``."""
+  out = {}
+  for item in str(text or "").split(","):
+    if not item.strip():
+      continue
+    key, _, value = item.partition("=")
+    symbols = key.strip().split("-")
+    try:
+      number = float(value)
+    except ValueError:
+      number = float("nan")
+    want = 2 if name == "pair_min_separation" else 1
+    if len(symbols) != want or not all(symbols) or not number > 0 or not np.isfinite(number):
+      example = "Li-Ge=2.37" if want == 2 else "Ge=17.9"
+      raise InputError(f"{name} {text!r}: expected KEY=positive number items, e.g. {example}")
+    out[key.strip()] = number
+  return tuple(sorted(out.items()))
 
 
 def parse_formula_units(text: str) -> tuple[int, ...]:

@@ -37,6 +37,7 @@ from pymatgen.core import Structure
 from crystal_search.errors import InputError
 from crystal_search.force_fields.registry import PRETRAINED_DIR, PRETRAINED_MODELS  # noqa: F401
 from crystal_search.search_models import (  # noqa: F401
+  apply_model_generator,
   load_force_field,
   load_run_force_fields,
   load_screen_force_field,
@@ -71,6 +72,11 @@ def get_search_config() -> ml_collections.ConfigDict:
   c.min_symmops = 2  # smallest point-group order of a symmetric cell
   c.max_symmops = 6  # largest point-group order of a symmetric cell (AIRSS SYMMOPS)
   c.primitive_cells = False  # max_atoms counts primitive cells of centred groups too
+  # Random-cell volumes (Å^3 per atom, "Li=19.7,Ge=23.9") and per-pair minimum separations (Å,
+  # "Li-Ge=2.37,..."): "" takes the Li–Si fit and 2.28 Å, a distilled model's generator.json
+  # fills them (crystal_search.search_models.apply_model_generator).
+  c.element_volumes = ""
+  c.pair_min_separation = ""
   c.seed = 0
   c.optimizer = "lbfgs"  # relaxer update rule: "lbfgs", "fire" (ASE's FIRE) or "damped" (paper's)
   c.fmax = _relax_defaults().fmax  # eV/Å, convergence (of the polish when screening)

@@ -13,7 +13,38 @@ from pymatgen.core import Structure
 from crystal_search.errors import InputError
 from crystal_search.force_fields.registry import PRETRAINED_DIR, PRETRAINED_MODELS  # noqa: F401
 
-__all__ = ["load_force_field", "load_run_force_fields", "load_screen_force_field"]
+__all__ = [
+  "GENERATOR_FILE",
+  "apply_model_generator",
+  "load_force_field",
+  "load_run_force_fields",
+  "load_screen_force_field",
+]
+
+#: A model directory's random-cell settings (``crystal-search distill`` writes it).
+GENERATOR_FILE = "generator.json"
+
+
+def _model_energy(model: str | None) -> str | None:
+  """``model/energy`` when the model directory holds an energy model, else None."""
+  if model and os.path.isfile(os.path.join(model, "energy", "model.json")):
+    return os.path.join(model, "energy")
+  return None
+
+
+def apply_model_generator(config, model: str | None, *, given: Sequence[str] = ()) -> None:
+  """Set ``config.element_volumes`` and ``config.pair_min_separation`` from the model
+  directory's :data:`GENERATOR_FILE` (those named in ``given``, set on the command line, win)."""
+  import json
+
+  path = os.path.join(model, GENERATOR_FILE) if model else ""
+  if not path or not os.path.isfile(path):
+    return
+  with open(path) as f:
+    settings = json.load(f)
+  for key in ("element_volumes", "pair_min_separation"):
+    if key not in given and settings.get(key):
+      config[key] = ",".join(f"{k}={v}" for k, v in sorted(settings[key].items()))
 
 
 def load_run_force_fields(sources: dict, *, rescore: bool):
@@ -49,7 +80,8 @@ def load_force_field(
     kind: ``model`` (our force/stress network; default the shipped one), ``chgnet`` (the
       teacher) or ``meam`` (the 2NN MEAM baseline).
     model: force/stress model directory for ``kind='model'``.
-    energy_model: energy model directory for ranking (default the shipped one).
+    energy_model: energy model directory for ranking (default: ``model/energy`` when the model
+      directory holds one, as ``crystal-search distill`` packages it, else the shipped one).
 
   Returns:
     ``(force_field, energy_fn)``; ``energy_fn`` is None when the force field's own energies rank.
@@ -62,7 +94,7 @@ def load_force_field(
   force_field = make_force_field(kind, model=model)
   if kind != "model":
     return force_field, None
-  energy_path = energy_model or os.path.join(PRETRAINED_DIR, "energy")
+  energy_path = energy_model or _model_energy(model) or os.path.join(PRETRAINED_DIR, "energy")
   if not os.path.isdir(energy_path):
     raise InputError(f"{energy_path}: no energy model there to rank with (pass --energy_model=DIR)")
   energy_ff = model_ff.from_directory(energy_path)

@@ -161,7 +161,8 @@ def plot_energy_volume(result, path: str) -> None:
   ax.set_xlabel("volume per atom (Å³)")
   ax.set_ylabel("energy per atom (eV)")
   ax.set_title(f"{result.totals['composition']}: {result.totals['unique']} unique")
-  ax.legend(loc="best")
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(loc="best")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
   "search": "experiments.search",
   "merge": "experiments.merge",
   "hull": "experiments.hull",
+  "distill": "experiments.distill",
   "relax": "experiments.relax",
   "train": "experiments.train",
   "evaluate": "experiments.evaluate",

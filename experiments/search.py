@@ -127,6 +127,8 @@ def main(argv: list[str]) -> None:
   screen = config.screen_model
   if _FORCE_FIELD.value != "model" or (_MODEL.value and not _flag_present("search.screen_model")):
     screen = ""
+  given = [k for k in ("element_volumes", "pair_min_separation") if _flag_present(f"search.{k}")]
+  search.apply_model_generator(config, _MODEL.value, given=given)
   sources = {
     "force_field": _FORCE_FIELD.value,
     "model": _MODEL.value or "",
