@@ -170,7 +170,8 @@ def run(main) -> None:
 def teacher_relaxations(structures, *, fmax: float, max_steps: int, each=None) -> list[dict]:
   """CHGNet's ``StructOptimizer`` (ASE FIRE + FrechetCellFilter) on each structure, one at a time
   on one torch thread, as the teacher's users run it: per structure ``wall_s``, ``steps`` (force
-  evaluations), ``converged`` (largest force below ``fmax`` eV/Å) and ``final`` (pymatgen dict),
+  evaluations), ``converged`` (largest force below ``fmax`` eV/Å), ``energy_per_atom`` (eV/atom,
+  the last step's) and ``final`` (pymatgen dict),
   plus what ``each(final_structure)`` returns (a dict) when given."""
   import numpy as np
   import torch
@@ -191,6 +192,7 @@ def teacher_relaxations(structures, *, fmax: float, max_steps: int, each=None) -
       "wall_s": wall,
       "steps": len(res["trajectory"].energies),
       "converged": bool(np.max(np.linalg.norm(forces, axis=-1)) < fmax),
+      "energy_per_atom": float(res["trajectory"].energies[-1]) / len(s),
       "final": res["final_structure"].as_dict(),
     }
     row.update(each(res["final_structure"]) if each else {})
@@ -267,12 +269,12 @@ def main_job_config():
   return config
 
 
-def search_starts(config, num: int | None = None) -> list:
+def search_starts(config, num: int | None = None, *, elements=("Li", "Si")) -> list:
   """The first ``num`` (default ``config.num_structures``) random cells a search of ``config``
-  relaxes (its composition, seed and generator settings)."""
+  relaxes (its composition of ``elements``, seed and generator settings)."""
   from crystal_search import compositions, random_structures, search
 
-  comp = compositions.parse_composition(config.composition, allowed_elements=("Li", "Si"))
+  comp = compositions.parse_composition(config.composition, allowed_elements=elements)
   return list(
     random_structures.generate(
       comp,

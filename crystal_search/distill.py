@@ -189,6 +189,7 @@ def build_round_dataset(config: DistillConfig, output_dir: str, r: int) -> str:
     joined = frames_lib.concatenate([train, *labels])
     joined.metadata = dict(train.metadata, active_learning_frames=len(joined) - len(train))
     joined.save(os.path.join(tmp, "train.npz"))
+    manifest["files"]["train"]["frames"] = len(joined)
   manifest["active_learning_frames"] = int(sum(len(f) for f in labels))
   _write_json(os.path.join(tmp, "manifest.json"), manifest)
   shutil.rmtree(out, ignore_errors=True)

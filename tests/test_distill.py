@@ -93,7 +93,7 @@ def test_the_teachers_labels_join_the_next_rounds_training_set(run_dir):
   assert second["active_learning_frames"] == len(probe)
   n0 = len(frames_lib.load(os.path.join(out, "round_0", "dataset", "train.npz")))
   n1 = len(frames_lib.load(os.path.join(out, "round_1", "dataset", "train.npz")))
-  assert n1 == n0 + len(probe)
+  assert n1 == n0 + len(probe) == second["files"]["train"]["frames"]
   # The test frames the rounds are scored on are the same.
   t0 = frames_lib.load(os.path.join(out, "round_0", "dataset", "test.npz"))
   t1 = frames_lib.load(os.path.join(out, "round_1", "dataset", "test.npz"))
@@ -163,7 +163,10 @@ def test_bad_settings_are_one_line_errors_before_any_teacher_time(tmp_path, over
 def test_an_output_directory_of_another_system_is_refused(run_dir, tmp_path):
   out, _ = run_dir
   with pytest.raises(InputError, match="holds a distill run with elements"):
-    distill.run_distill(_config(elements=("Na", "Ge"), compositions=("NaGe",)), out)
+    distill.run_distill(
+      _config(elements=("Na", "Ge"), compositions=("NaGe", "Na2Ge"), budget_teacher_relaxations=40),
+      out,
+    )
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / "notes.txt").write_text("mine")
