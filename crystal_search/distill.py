@@ -144,13 +144,18 @@ def references(config: DistillConfig, output_dir: str, teacher, log) -> dict:
   return record
 
 
-def teacher_round(config: DistillConfig, output_dir: str, teacher, generator, log) -> dict:
-  """The first round's teacher relaxations (resumable: finished files are skipped)."""
+def teacher_round(
+  config: DistillConfig, output_dir: str, teacher, generator, log, shard=None
+) -> dict:
+  """The first round's teacher relaxations (resumable: finished files are skipped); with
+  ``shard=(I, N)`` only the jobs ``I-1, I-1+N, ...``."""
   from crystal_search.datasets import teacher as teacher_lib
 
   per = -(-config.budget_teacher_relaxations // len(config.compositions))
   jobs = teacher_lib.make_jobs(list(config.compositions), per, config.seed)
   jobs = jobs[: config.budget_teacher_relaxations]
+  if shard is not None:
+    jobs = teacher_lib.shard(jobs, shard[0] - 1, shard[1])
   return teacher_lib.generate(
     jobs,
     teacher,
@@ -429,24 +434,33 @@ def run_distill(
   output_dir: str,
   *,
   teacher=None,
+  shard: str | None = None,
   log: Callable[[str], None] | None = None,
 ) -> dict:
   """Run (or resume) a distillation into ``output_dir``; returns the report (``report.json``).
+
+  With ``shard="I/N"`` only the I-th of N parts of the first round's teacher relaxations run (one
+  process or host each, sharing ``output_dir``), and the call returns the teacher summary; a
+  call without ``shard`` then relaxes what is left and trains.
 
   Raises:
     InputError: settings that cannot work or an ``output_dir`` of another run, before any
       teacher time is spent.
   """
   from crystal_search import distill_report
+  from crystal_search.run_store import parse_shard
 
   log = log or (lambda line: None)
+  part = parse_shard(shard)
   setup.check_config(config)
   prepare_output_dir(output_dir, config)
   teacher = teacher if teacher is not None else make_teacher(config.teacher)
   refs = references(config, output_dir, teacher, log)
   generator = setup.random_config(refs["generator"], max_atoms=config.max_atoms)
-  summary = teacher_round(config, output_dir, teacher, generator, log)
+  summary = teacher_round(config, output_dir, teacher, generator, log, shard=part)
   log(f"teacher: {summary['ran']} relaxed now, {summary['done_before']} before")
+  if part is not None:
+    return {"teacher": summary, "shard": list(part)}
   rounds = []
   for r in range(config.rounds):
     dataset = build_round_dataset(config, output_dir, r)

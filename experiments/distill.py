@@ -45,6 +45,12 @@ _PROBE = flags.DEFINE_integer(
 _LABELS = flags.DEFINE_integer(
   "label_frames", _DEFAULTS.label_frames, "Most-disputed frames the teacher labels a round."
 )
+_SHARD = flags.DEFINE_string(
+  "shard",
+  None,
+  "I/N: run only the I-th (1-based) of N parts of the first round's teacher relaxations into "
+  "--output_dir and stop (one per process or SLURM task); the command without --shard finishes.",
+)
 _STEPS = flags.DEFINE_integer(
   "teacher_max_steps", _DEFAULTS.teacher_max_steps, "Step cap of a teacher relaxation."
 )
@@ -80,7 +86,11 @@ def main(argv: list[str]) -> None:
     probe_cells=_PROBE.value,
     label_frames=_LABELS.value,
   )
-  report = distill.run_distill(config, _OUT.value, log=_log)
+  report = distill.run_distill(config, _OUT.value, shard=_SHARD.value, log=_log)
+  if _SHARD.value:
+    done = report["teacher"]
+    print(f"shard {_SHARD.value}: {done['ran']} teacher relaxations ({done['done_before']} before)")
+    return
   last = report["rounds"][-1]
   print(
     f"student: force MAE {last['force_mae']:.4f} eV/Å, stress MAE {last['stress_mae']:.2f} kBar "

@@ -117,6 +117,22 @@ def test_a_rerun_redoes_nothing_and_more_rounds_continue(run_dir, monkeypatch):
   assert calls == ["train"] * SMALL["committee"] + ["train"] and len(more["rounds"]) == 3
 
 
+def test_teacher_shards_share_the_first_round(tmp_path, monkeypatch):
+  from crystal_search.datasets import teacher
+
+  out = str(tmp_path / "o")
+  config = _config()
+  done = [distill.run_distill(config, out, shard=f"{i}/2")["teacher"]["ran"] for i in (1, 2)]
+  assert done == [6, 6]
+  assert len(distill.teacher_files(out)) == 12
+  ran = []
+  monkeypatch.setattr(teacher, "run_job", lambda *a, **k: ran.append(1))
+  distill.run_distill(config, out, shard="2/2")  # a finished shard reruns nothing
+  assert ran == []
+  with pytest.raises(InputError, match="shard '3/2'"):
+    distill.run_distill(config, out, shard="3/2")
+
+
 def test_a_killed_run_resumes(tmp_path, monkeypatch):
   from crystal_search import training
 
