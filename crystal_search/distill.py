@@ -15,11 +15,11 @@
    b. ``student_<k>/``: a committee of students (the search's screening network) trained with the
       existing trainer, from scratch in the first round and fine-tuned from the previous round's
       student after it;
-   c. ``eval.json``: the first student's errors on the first round's test trajectories (fixed
-      over rounds: the paper's force and stress MAEs);
+   c. ``eval.json``: the first student's errors on the first round's test split (fixed over
+      rounds: the paper's force and stress MAEs, relaxed-structure and trajectory match);
    d. ``probe.npz`` / ``probe.json``: the student relaxes fresh random cells (a small search);
-      the teacher labels every student minimum and the frames of those relaxations where the
-      committee's forces disagree most; the probe reports whether the student's search reaches the
+      the teacher labels every student final (``probe_finals.npz``) and the frames of those
+      relaxations where the committee's forces disagree most; the probe reports whether the student's search reaches the
       teacher's lowest energy per composition;
 
 4. ``round_<last>/energy/``: an energy student (the packaged energy network) trained on the last
@@ -226,17 +226,31 @@ def train_students(config: DistillConfig, output_dir: str, r: int, dataset: str,
   return models
 
 
-def evaluate_round(output_dir: str, r: int, model_dir: str) -> dict:
-  """``round_<r>/eval.json``: errors on the first round's test frames (the same every round)."""
-  from crystal_search.evaluation import frame_errors
+#: Test trajectories relaxed for the paper's relaxed-structure and trajectory match (its Table 1
+#: uses 10).
+EVAL_TRAJECTORIES = 10
+
+
+def evaluate_round(config: DistillConfig, output_dir: str, r: int, model_dir: str) -> dict:
+  """``round_<r>/eval.json``: the paper's metrics on the first round's test split (the same every
+  round): force and stress MAE on its frames, relaxed-structure and trajectory match on its first
+  :data:`EVAL_TRAJECTORIES` trajectories relaxed by the student with the teacher's settings."""
+  from crystal_search.evaluation import frame_errors, trajectory_scores
   from crystal_search.force_fields import model as model_ff
 
   path = os.path.join(output_dir, f"round_{r}", "eval.json")
   if os.path.exists(path):
     return _read_json(path)
-  test = frames_lib.load(os.path.join(output_dir, "round_0", "dataset", "test.npz"))
-  errors = frame_errors(model_ff.from_directory(model_dir), test)
+  dataset = os.path.join(output_dir, "round_0", "dataset")
+  student = model_ff.from_directory(model_dir)
+  errors = frame_errors(student, frames_lib.load(os.path.join(dataset, "test.npz")))
   errors.pop("predictions", None)
+  settings = {k: v for k, v in _relax_settings(config).items() if k in ("smass", "potim")}
+  scores = trajectory_scores(
+    student, frames_lib.load(os.path.join(dataset, "test_trajectories.npz")),
+    relax_config=settings, max_trajectories=EVAL_TRAJECTORIES,
+  )  # fmt: skip
+  errors.update({k: v for k, v in scores.items() if k != "matched_by_step"})
   _write_json(path, errors)
   return errors
 
@@ -324,6 +338,8 @@ def probe_round(config, output_dir: str, r: int, models, teacher, generator, log
     frames.append(label(picks, teacher, names=pick_names, steps=pick_steps))
   teacher_seconds = time.perf_counter() - t1
   labelled = frames_lib.concatenate(frames) if len(finals) or picks else finals
+  labelled, dropped = _within_force_range(labelled, output_dir)
+  finals.save(os.path.join(output_dir, f"round_{r}", "probe_finals.npz"))
   labelled.save(os.path.join(output_dir, f"round_{r}", "probe.npz"))
   record = {
     "cells": len(cells),
@@ -333,11 +349,25 @@ def probe_round(config, output_dir: str, r: int, models, teacher, generator, log
     "teacher_label_seconds": teacher_seconds,
     "labelled_finals": len(finals),
     "labelled_disagreement_frames": len(picks),
+    "labels_beyond_force_range": dropped,
     "minima": _minima_records(finals, dict(zip(names, results))),
   }
   _write_json(path, record)
   log(f"round {r} probe: {len(cells)} cells in {student_seconds:.0f} s, {len(picks)} picks")
   return record
+
+
+def _within_force_range(frames: frames_lib.Frames, output_dir: str):
+  """``(frames, dropped)``: the labelled frames whose largest teacher force (eV/Å) lies within the
+  first round's training frames' (a student that blew up leaves overlapping atoms whose forces
+  would swamp the loss); a frame's record stays in ``probe.json``."""
+  from crystal_search.datasets.sampling import max_forces
+
+  if not len(frames):
+    return frames, 0
+  train = frames_lib.load(os.path.join(output_dir, "round_0", "dataset", "train.npz"))
+  keep = np.flatnonzero(max_forces(frames) <= max_forces(train).max())
+  return frames.select(keep), len(frames) - len(keep)
 
 
 def _disagreement_picks(config, members, results, names):
@@ -465,7 +495,7 @@ def run_distill(
   for r in range(config.rounds):
     dataset = build_round_dataset(config, output_dir, r)
     models = train_students(config, output_dir, r, dataset, log)
-    errors = evaluate_round(output_dir, r, models[0])
+    errors = evaluate_round(config, output_dir, r, models[0])
     probe = probe_round(config, output_dir, r, models, teacher, generator, log)
     rounds.append(
       {"round": r, "dataset": dataset, "models": models, "eval": errors, "probe": probe}

@@ -2,7 +2,8 @@
 
 Per round: the teacher's time (wall seconds of a one-thread process: the first round's
 relaxations and references, then each round's labels), the students' training time, the first
-student's force and stress MAE on the fixed test trajectories, and the probe search: seconds per
+student's force and stress MAE and relaxed-structure / trajectory match on the fixed test split,
+and the probe search: seconds per
 cell, and per composition the teacher energy of the student's lowest minimum against the lowest
 the teacher's own relaxations reached, and whether a student minimum is the teacher's lowest
 structure (StructureMatcher, default tolerances).
@@ -62,7 +63,7 @@ def _probe_outcome(output_dir: str, r: int, probe: dict, best: dict) -> dict:
   """Per composition: the student's lowest teacher energy against the teacher's, and a match."""
   from pymatgen.analysis.structure_matcher import StructureMatcher
 
-  minima = frames_lib.load(os.path.join(output_dir, f"round_{r}", "probe.npz"))
+  minima = frames_lib.load(os.path.join(output_dir, f"round_{r}", "probe_finals.npz"))
   records = probe["minima"]
   matcher = StructureMatcher()
   out = {}
@@ -103,6 +104,8 @@ def write_report(config, output_dir: str, refs: dict, rounds: list[dict], model_
         "training_seconds": float(sum(_training_seconds(m) for m in entry["models"])),
         "force_mae": entry["eval"]["force_mae"],
         "stress_mae": entry["eval"]["stress_mae"],
+        "relaxed_match": entry["eval"].get("relaxed_match"),
+        "trajectory_match": entry["eval"].get("trajectory_match"),
         "test_frames": entry["eval"]["frames"],
         "probe_seconds_per_cell": probe["student_seconds_per_cell"],
         "probe": _probe_outcome(output_dir, r, probe, best),
@@ -143,14 +146,15 @@ def markdown(report: dict) -> str:
     + ".",
     "",
     "| round | train frames (labelled picks) | teacher s | training s | force MAE (eV/Å) | "
-    "stress MAE (kBar) | probe s/cell |",
-    "|---:|---:|---:|---:|---:|---:|---:|",
+    "stress MAE (kBar) | relaxed / trajectory match | probe s/cell |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for row in report["rounds"]:
+    match = f"{row['relaxed_match']:.2f} / {row['trajectory_match']:.2f}"
     lines.append(
       f"| {row['round']} | {row['train_frames']} ({row['active_learning_frames']}) | "
       f"{row['teacher_seconds']:.0f} | {row['training_seconds']:.0f} | {row['force_mae']:.4f} | "
-      f"{row['stress_mae']:.2f} | {row['probe_seconds_per_cell']:.2f} |"
+      f"{row['stress_mae']:.2f} | {match} | {row['probe_seconds_per_cell']:.2f} |"
     )
   lines += [
     "",

@@ -84,7 +84,8 @@ def test_the_teachers_labels_join_the_next_rounds_training_set(run_dir):
   out, _ = run_dir
   probe = frames_lib.load(os.path.join(out, "round_0", "probe.npz"))
   record = json.load(open(os.path.join(out, "round_0", "probe.json")))
-  assert len(probe) == record["labelled_finals"] + record["labelled_disagreement_frames"]
+  labelled = record["labelled_finals"] + record["labelled_disagreement_frames"]
+  assert len(probe) == labelled - record["labels_beyond_force_range"]
   assert record["labelled_disagreement_frames"] <= SMALL["label_frames"]
   assert np.all(np.isfinite(probe.forces))
   first = json.load(open(os.path.join(out, "round_0", "dataset", "manifest.json")))
