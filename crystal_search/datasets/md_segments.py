@@ -116,6 +116,70 @@ def _resume(paths: list[str]):
   return atoms, rng, int(state["step"]), kept
 
 
+def _langevin(atoms, calculator, rng: np.random.Generator, settings: MDSettings):
+  """ASE's Langevin NVT integrator on ``atoms`` (centre of mass fixed), noise from ``rng``."""
+  from ase import units
+  from ase.constraints import FixCom
+  from ase.md.langevin import Langevin
+
+  atoms.calc = calculator
+  atoms.set_constraint(FixCom())
+  return Langevin(
+    atoms,
+    timestep=settings.timestep_fs * units.fs,
+    temperature_K=settings.temperature_k,
+    friction=settings.friction_per_fs / units.fs,
+    fixcm=False,
+    rng=rng,
+  )
+
+
+def _record(atoms, step: int) -> dict:
+  """The current frame in :func:`frames.from_arrays` form (project units: eV/Å, kBar)."""
+  return {
+    "numbers": atoms.numbers.copy(),
+    "positions": atoms.get_scaled_positions(wrap=False),
+    "forces": atoms.get_forces().copy(),
+    "lattice": np.asarray(atoms.cell[:]).copy(),
+    "stress": stress_from_ase(atoms.get_stress(voigt=False)),
+    "energy": float(atoms.get_potential_energy()),
+    "trajectory": 0,
+    "step": step,
+  }
+
+
+def _state(atoms, rng: np.random.Generator, step: int) -> dict:
+  """What :func:`_resume` needs to continue exactly (JSON-able)."""
+  return {
+    "step": step,
+    "numbers": atoms.numbers.tolist(),
+    "positions": atoms.positions.tolist(),
+    "momenta": atoms.get_momenta().tolist(),
+    "cell": np.asarray(atoms.cell[:]).tolist(),
+    "rng": rng.bit_generator.state,
+  }
+
+
+class _Watch:
+  """Per-step divergence check: the largest temperature (K) and the first problem seen."""
+
+  def __init__(self, atoms, dyn, step0: int, limit_k: float):
+    self.atoms, self.dyn, self.step0, self.limit_k = atoms, dyn, step0, limit_k
+    self.max_t, self.bad = 0.0, None
+
+  def __call__(self) -> None:
+    t = float(self.atoms.get_temperature())
+    self.max_t = max(self.max_t, t)
+    energy = float(self.atoms.get_potential_energy())
+    if self.bad is not None:
+      return
+    step = self.step0 + self.dyn.nsteps
+    if not np.isfinite(energy) or not np.all(np.isfinite(self.atoms.get_forces())):
+      self.bad = f"non-finite energy or forces at step {step}"
+    elif not np.isfinite(t) or t > self.limit_k:
+      self.bad = f"temperature {t:.0f} K > {self.limit_k:.0f} K at step {step}"
+
+
 def run_segment(
   phase_dir: str, structure: Structure, calculator, settings: MDSettings, *, seed: int
 ) -> frames_lib.Frames:
@@ -125,42 +189,19 @@ def run_segment(
     Diverged: the temperature exceeded ``max_temperature_factor`` x target or the energy or
       forces became non-finite; nothing is written and ``diverged.json`` records the reason.
   """
-  from ase import units
-  from ase.constraints import FixCom
-  from ase.md.langevin import Langevin
   from pymatgen.io.ase import AseAtomsAdaptor
 
   os.makedirs(phase_dir, exist_ok=True)
   paths = segment_paths(phase_dir)
   atoms, rng, step0, kept = _resume(paths) if paths else _start(structure, settings, seed)
-  atoms.calc = calculator
-  atoms.set_constraint(FixCom())
-  dyn = Langevin(
-    atoms,
-    timestep=settings.timestep_fs * units.fs,
-    temperature_K=settings.temperature_k,
-    friction=settings.friction_per_fs / units.fs,
-    fixcm=False,
-    rng=rng,
-  )
+  dyn = _langevin(atoms, calculator, rng, settings)
   matcher = None
   if settings.stol is not None:
     from crystal_search.metrics import dataset_matcher
 
     matcher = dataset_matcher(stol=settings.stol)
   records, temperatures = [], []
-  watch = {"max_t": 0.0, "bad": None}
-  limit = settings.max_temperature_factor * settings.temperature_k
-
-  def check() -> None:
-    t = float(atoms.get_temperature())
-    watch["max_t"] = max(watch["max_t"], t)
-    energy = float(atoms.get_potential_energy())
-    if watch["bad"] is None:
-      if not np.isfinite(energy) or not np.all(np.isfinite(atoms.get_forces())):
-        watch["bad"] = f"non-finite energy or forces at step {step0 + dyn.nsteps}"
-      elif not np.isfinite(t) or t > limit:
-        watch["bad"] = f"temperature {t:.0f} K > {limit:.0f} K at step {step0 + dyn.nsteps}"
+  watch = _Watch(atoms, dyn, step0, settings.max_temperature_factor * settings.temperature_k)
 
   def record(step: int) -> None:
     nonlocal kept
@@ -169,43 +210,25 @@ def run_segment(
       return
     kept = current
     temperatures.append(float(atoms.get_temperature()))
-    records.append(
-      {
-        "numbers": atoms.numbers.copy(),
-        "positions": atoms.get_scaled_positions(wrap=False),
-        "forces": atoms.get_forces().copy(),
-        "lattice": np.asarray(atoms.cell[:]).copy(),
-        "stress": stress_from_ase(atoms.get_stress(voigt=False)),
-        "energy": float(atoms.get_potential_energy()),
-        "trajectory": 0,
-        "step": step,
-      }
-    )
+    records.append(_record(atoms, step))
 
   t0 = time.perf_counter()
-  dyn.attach(check, interval=1)
+  dyn.attach(watch, interval=1)
   if step0 == 0:
-    check()
+    watch()
     record(0)
   done = 0
-  while done < settings.segment_steps and watch["bad"] is None:
+  while done < settings.segment_steps and watch.bad is None:
     dyn.run(settings.sample_every)
     done += settings.sample_every
-    if watch["bad"] is None:
+    if watch.bad is None:
       record(step0 + done)
   name = os.path.basename(os.path.normpath(phase_dir))
-  if watch["bad"] is not None:
-    reason = f"{name}: MD diverged: {watch['bad']} (target {settings.temperature_k:.0f} K)"
+  if watch.bad is not None:
+    reason = f"{name}: MD diverged: {watch.bad} (target {settings.temperature_k:.0f} K)"
     _write_json(os.path.join(phase_dir, "diverged.json"), {"reason": reason})
     raise Diverged(reason)
-  state = {
-    "step": step0 + done,
-    "numbers": atoms.numbers.tolist(),
-    "positions": atoms.positions.tolist(),
-    "momenta": atoms.get_momenta().tolist(),
-    "cell": np.asarray(atoms.cell[:]).tolist(),
-    "rng": rng.bit_generator.state,
-  }
+  state = _state(atoms, rng, step0 + done)
   metadata = {
     "source": "teacher-md",
     "name": name,
@@ -215,7 +238,7 @@ def run_segment(
     "settings": dataclasses.asdict(settings),
     "seed": seed,
     "mean_temperature_k": float(np.mean(temperatures)) if temperatures else None,
-    "max_temperature_k": watch["max_t"],
+    "max_temperature_k": watch.max_t,
     "wall_seconds": time.perf_counter() - t0,
   }
   frames = frames_lib.from_arrays(records, trajectory_names=[name], metadata=metadata)
