@@ -7,7 +7,8 @@ same temperature and time step on supercells of the bundled known phases, a fram
 is recorded every ``sample_every`` steps, and a frame that StructureMatcher
 (``stol=0.05``) matches to the previously kept one is dropped as a near-duplicate.
 The length is configurable; what a CPU run of a few hours can afford is far shorter than the
-paper's runs.
+paper's runs.  Long runs go in resumable segments, round-robin over phases
+(:mod:`crystal_search.datasets.md_segments`).
 
 Stress is the calculator's (potential) stress converted from ASE's eV/Å^3
 (tensile positive) to kBar with :func:`crystal_search.units.stress_from_ase`.

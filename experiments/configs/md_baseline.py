@@ -3,7 +3,8 @@
 The dataset folder (``data.MD_PATH``) holds MD frames of the known phases in the
 same split layout (``train.npz``, ``val.npz``, ...).  The model is evaluated on
 the random-relaxation test set with ``crystal-search evaluate``.  MD cells have
-64–78 atoms, so batches are smaller than for random structures.
+60–152 atoms (``data/teacher_md/README.md``), so batches are smaller than for random structures,
+and the CPU scale takes a quarter of the random configs' training frames.
 
   crystal-search train --config=experiments/configs/md_baseline.py --workdir=runs/md
 """
