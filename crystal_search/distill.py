@@ -168,12 +168,6 @@ def teacher_round(
   )
 
 
-def teacher_files(output_dir: str) -> list[str]:
-  from crystal_search.datasets.teacher import finished_files
-
-  return finished_files(os.path.join(output_dir, "teacher"))
-
-
 def build_round_dataset(config: DistillConfig, output_dir: str, r: int) -> str:
   """``round_<r>/dataset``: the sampled teacher frames plus the labels of rounds ``< r``."""
   from crystal_search.datasets import sampling
@@ -185,7 +179,7 @@ def build_round_dataset(config: DistillConfig, output_dir: str, r: int) -> str:
   tmp = out + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   protocol = sampling.SamplingConfig(seed=config.seed, holdout=())
-  manifest = sampling.build_dataset(teacher_files(output_dir), tmp, config=protocol)
+  manifest = sampling.build_dataset(setup.teacher_files(output_dir), tmp, config=protocol)
   labels = [os.path.join(output_dir, f"round_{k}", "probe.npz") for k in range(r)]
   labels = [frames_lib.load(p) for p in labels if os.path.exists(p)]
   labels = [f for f in labels if len(f)]

@@ -24,7 +24,7 @@ __all__ = ["teacher_minima", "write_report"]
 def teacher_minima(output_dir: str) -> tuple[dict, float, int]:
   """``({formula: {'energy_per_atom', 'name', 'structure'}}, teacher seconds, relaxations)``:
   the lowest final energy per composition among the first round's teacher relaxations."""
-  from crystal_search.distill import teacher_files
+  from crystal_search.distill_setup import teacher_files
 
   best: dict[str, dict] = {}
   seconds, count = 0.0, 0

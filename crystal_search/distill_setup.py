@@ -49,6 +49,7 @@ __all__ = [
   "reference_structure",
   "student_config",
   "teacher_elements",
+  "teacher_files",
   "volume_scale",
 ]
 
@@ -189,6 +190,13 @@ def check_config(config: DistillConfig) -> None:
   rs.check_settings(generator)
   for formula in formulas:
     rs.allowed_formula_units(parse_composition(formula), generator)
+
+
+def teacher_files(output_dir: str) -> list[str]:
+  """The first round's teacher relaxation files of the distill run in ``output_dir``."""
+  from crystal_search.datasets.teacher import finished_files
+
+  return finished_files(os.path.join(output_dir, "teacher"))
 
 
 def job_names(config: DistillConfig) -> list[str]:

@@ -125,7 +125,7 @@ def test_teacher_shards_share_the_first_round(tmp_path, monkeypatch):
   config = _config()
   done = [distill.run_distill(config, out, shard=f"{i}/2")["teacher"]["ran"] for i in (1, 2)]
   assert done == [6, 6]
-  assert len(distill.teacher_files(out)) == 12
+  assert len(distill_setup.teacher_files(out)) == 12
   ran = []
   monkeypatch.setattr(teacher, "run_job", lambda *a, **k: ran.append(1))
   distill.run_distill(config, out, shard="2/2")  # a finished shard reruns nothing
