@@ -422,12 +422,11 @@ def _minima_records(minima: frames_lib.Frames, results: dict) -> list[dict]:
   return out
 
 
-def train_energy_student(config: DistillConfig, output_dir: str, dataset: str, log) -> str:
+def train_energy_student(config: DistillConfig, dataset: str, log) -> str:
   """``round_<last>/energy/``: the energy network that ranks the student's search results,
   trained on the last round's dataset."""
   from crystal_search import training
 
-  del output_dir
   workdir = os.path.join(os.path.dirname(dataset), "energy")
   model_dir = os.path.join(workdir, "model")
   if not os.path.exists(os.path.join(model_dir, "model.json")):
@@ -494,6 +493,6 @@ def run_distill(
     rounds.append(
       {"round": r, "dataset": dataset, "models": models, "eval": errors, "probe": probe}
     )
-  energy = train_energy_student(config, output_dir, rounds[-1]["dataset"], log)
+  energy = train_energy_student(config, rounds[-1]["dataset"], log)
   model = package(output_dir, rounds[-1]["models"][0], energy, refs["generator"])
   return distill_report.write_report(config, output_dir, refs, rounds, model)

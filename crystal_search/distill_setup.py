@@ -119,7 +119,8 @@ def volume_scale() -> float:
   from pymatgen.io.cif import CifParser
 
   phases, elemental = [], []
-  volumes = {e: reference_structure(e).volume / len(reference_structure(e)) for e in ("Li", "Si")}
+  cells = {e: reference_structure(e) for e in ("Li", "Si")}
+  volumes = {e: cell.volume / len(cell) for e, cell in cells.items()}
   for path in sorted(glob.glob(os.path.join(rs.LISI_PHASES_DIR, "*.cif"))):
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
@@ -279,11 +280,6 @@ def student_config(
     c.augment.noise_fraction = 0.0
     c.augment.noise_std = 0.0
   return c
-
-
-def reference_volumes(references: dict) -> dict[str, float]:
-  """``{element: Å^3 per atom}`` of the relaxed references."""
-  return {e: float(r["volume_per_atom"]) for e, r in references.items()}
 
 
 def nearest_neighbour(structure: Structure) -> float:

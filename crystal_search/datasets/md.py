@@ -120,6 +120,20 @@ def known_phases(directory: str = LISI_PHASES_DIR) -> dict[str, Structure]:
   return out
 
 
+def frame_record(atoms, step: int) -> dict:
+  """The ASE atoms' current frame in :func:`frames.from_arrays` form (eV/Å, kBar)."""
+  return {
+    "numbers": atoms.numbers.copy(),
+    "positions": atoms.get_scaled_positions(wrap=False),
+    "forces": atoms.get_forces().copy(),
+    "lattice": np.asarray(atoms.cell[:]).copy(),
+    "stress": stress_from_ase(atoms.get_stress(voigt=False)),
+    "energy": float(atoms.get_potential_energy()),
+    "trajectory": 0,
+    "step": step,
+  }
+
+
 def run_nvt(
   structure: Structure,
   calculator,
@@ -191,18 +205,7 @@ def run_nvt(
         return
     last["structure"] = current
     temperatures.append(float(atoms.get_temperature()))
-    records.append(
-      {
-        "numbers": atoms.numbers.copy(),
-        "positions": atoms.get_scaled_positions(wrap=False),
-        "forces": atoms.get_forces().copy(),
-        "lattice": np.asarray(atoms.cell[:]).copy(),
-        "stress": stress_from_ase(atoms.get_stress(voigt=False)),
-        "energy": float(atoms.get_potential_energy()),
-        "trajectory": 0,
-        "step": step,
-      }
-    )
+    records.append(frame_record(atoms, step))
 
   bar = None
   if progress:

@@ -29,8 +29,8 @@ import numpy as np
 from pymatgen.core import Structure
 
 from crystal_search.datasets import frames as frames_lib
+from crystal_search.datasets import md
 from crystal_search.errors import InputError
-from crystal_search.units import stress_from_ase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,20 +134,6 @@ def _langevin(atoms, calculator, rng: np.random.Generator, settings: MDSettings)
   )
 
 
-def _record(atoms, step: int) -> dict:
-  """The current frame in :func:`frames.from_arrays` form (project units: eV/Å, kBar)."""
-  return {
-    "numbers": atoms.numbers.copy(),
-    "positions": atoms.get_scaled_positions(wrap=False),
-    "forces": atoms.get_forces().copy(),
-    "lattice": np.asarray(atoms.cell[:]).copy(),
-    "stress": stress_from_ase(atoms.get_stress(voigt=False)),
-    "energy": float(atoms.get_potential_energy()),
-    "trajectory": 0,
-    "step": step,
-  }
-
-
 def _state(atoms, rng: np.random.Generator, step: int) -> dict:
   """What :func:`_resume` needs to continue exactly (JSON-able)."""
   return {
@@ -210,7 +196,7 @@ def run_segment(
       return
     kept = current
     temperatures.append(float(atoms.get_temperature()))
-    records.append(_record(atoms, step))
+    records.append(md.frame_record(atoms, step))
 
   t0 = time.perf_counter()
   dyn.attach(watch, interval=1)
@@ -376,8 +362,6 @@ def md_phases(
 ) -> list[Phase]:
   """The MD cells of ``formulas`` (:func:`crystal_search.datasets.md.md_cell`), one line each; a
   phase without a cell is reported in one ``error: ...`` line and left out."""
-  from crystal_search.datasets import md
-
   missing = [f for f in formulas if f not in structures]
   if missing:
     raise InputError(
